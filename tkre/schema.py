@@ -1,0 +1,125 @@
+"""The Instance schema every stage speaks, and the one error type readers raise.
+
+An Instance is a tokenised sentence with two entity spans (token indices, end exclusive) and a
+relation label. Readers that see raw text with character offsets convert them once, at the edge
+(`tkre.data.text`), and validate here; nothing downstream re-checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+SOURCES = ("gold", "llm")
+
+
+class DataError(ValueError):
+    """Bad input, with where it is: file, record (line or index) and field."""
+
+    def __init__(self, message: str, *, file: str | None = None, record: Any = None,
+                 field: str | None = None):
+        self.file, self.record, self.field = file, record, field
+        where = ", ".join(
+            part for part in (
+                f"file {file}" if file else "",
+                f"record {record}" if record is not None else "",
+                f"field '{field}'" if field else "",
+            ) if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class Span:
+    """An entity mention: tokens[start:end] (end exclusive), its type (or None) and text."""
+
+    start: int
+    end: int
+    text: str
+    type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "text": self.text, "type": self.type}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One labelled relation mention. `source` is "gold" or "llm"; `provenance` says where from."""
+
+    id: str
+    tokens: tuple[str, ...]
+    head: Span
+    tail: Span
+    relation: str
+    source: str = "gold"
+    provenance: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(self.tokens))
+        validate(self)
+        for name in ("head", "tail"):  # an empty span text is filled from the tokens
+            span = getattr(self, name)
+            if not span.text:
+                text = " ".join(self.tokens[span.start:span.end])
+                object.__setattr__(self, name, replace(span, text=text))
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["tokens"] = list(self.tokens)
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Instance:
+        """Build from the dict form written by `to_dict` (and by the Parquet writer)."""
+        provenance = row.get("provenance") or {}
+        if isinstance(provenance, list):  # pyarrow map columns read back as key/value pairs
+            provenance = dict(provenance)
+        return cls(
+            id=str(row["id"]),
+            tokens=tuple(row["tokens"]),
+            head=_span(row["head"], "head"),
+            tail=_span(row["tail"], "tail"),
+            relation=row["relation"],
+            source=row.get("source") or "gold",
+            provenance={str(k): str(v) for k, v in provenance.items()},
+        )
+
+
+def _span(value: Any, name: str) -> Span:
+    if not isinstance(value, dict):
+        raise DataError(f"expected an object with start/end/text/type, got {value!r}", field=name)
+    missing = [key for key in ("start", "end") if key not in value]
+    if missing:
+        raise DataError(f"missing {', '.join(missing)}", field=f"{name}.{missing[0]}")
+    for key in ("start", "end"):
+        if isinstance(value[key], bool) or not isinstance(value[key], int):
+            raise DataError(f"must be an integer, got {value[key]!r}", field=f"{name}.{key}")
+    return Span(start=value["start"], end=value["end"], text=value.get("text") or "",
+                type=value.get("type") or None)
+
+
+def validate(inst: Instance) -> None:
+    """Raise DataError naming the field when the instance is inconsistent."""
+    if not inst.id:
+        raise DataError("must be a non-empty string", field="id")
+    n = len(inst.tokens)
+    if n == 0:
+        raise DataError("must hold at least one token", field="tokens")
+    for i, token in enumerate(inst.tokens):
+        if not isinstance(token, str) or not token or token != token.strip():
+            raise DataError(f"token {i} must be a non-empty string without surrounding "
+                            f"whitespace, got {token!r}", field="tokens")
+    for name, span in (("head", inst.head), ("tail", inst.tail)):
+        if not 0 <= span.start < span.end <= n:
+            raise DataError(f"span [{span.start}, {span.end}) is not inside the {n} tokens "
+                            "(end is exclusive and must exceed start)", field=f"{name}.start")
+        expected = " ".join(inst.tokens[span.start:span.end])
+        if span.text and span.text != expected:
+            raise DataError(f"text {span.text!r} does not match the tokens {expected!r}",
+                            field=f"{name}.text")
+    if inst.head.start < inst.tail.end and inst.tail.start < inst.head.end:
+        raise DataError("head and tail spans overlap", field="tail.start")
+    if not isinstance(inst.relation, str) or not inst.relation:
+        raise DataError("must be a non-empty string", field="relation")
+    if inst.source not in SOURCES:
+        raise DataError(f"must be one of {SOURCES}, got {inst.source!r}", field="source")
