@@ -1,0 +1,70 @@
+"""Configs: defaults run the embedded default; bad values name the field; YAML < flags."""
+
+import pytest
+
+from tkre.config import (
+    ConfigError,
+    EvaluateConfig,
+    FinetuneConfig,
+    build_parser,
+    from_dict,
+    parse_args,
+)
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = FinetuneConfig()
+    assert cfg.root == "runs/demo" and cfg.data.data == "demo" and cfg.encoder == "auto"
+    assert cfg.data.k == 8 and cfg.data.seed == 42 and cfg.train.num_workers == 1
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"epochs": 0}, "epochs"),
+    ({"lr": -1.0}, "lr"),
+    ({"marker": "fancy"}, "marker"),
+    ({"data": {"data": "conll"}}, "data.data"),
+    ({"data": {"data": "semeval"}}, "data.data_dir"),
+    ({"data": {"k": 0}}, "data.k"),
+    ({"train": {"num_workers": 0}}, "train.num_workers"),
+    ({"nonsense": 1}, "nonsense"),
+])
+def test_invalid_values_name_the_field(values, field):
+    with pytest.raises(ConfigError) as err:
+        from_dict(FinetuneConfig, values)
+    assert str(err.value).startswith(f"{field}:")
+
+
+def test_cli_flags_follow_the_contract():
+    cfg = parse_args(FinetuneConfig, ["--data", "semeval", "--data-dir", "/d", "--k", "16",
+                                      "--seed", "13", "--root", "/r", "--num-workers", "2",
+                                      "--no-use-synthetic", "--max-test", "none"])
+    data = cfg.data
+    assert (data.data, data.data_dir, data.k, data.seed) == ("semeval", "/d", 16, 13)
+    assert cfg.root == "/r" and cfg.train.num_workers == 2 and cfg.use_synthetic is False
+    assert cfg.data.max_test is None
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "ft.yaml"
+    path.write_text("epochs: 3\nlr: 0.001\ndata:\n  k: 16\n  seed: 21\ntrain:\n  num_workers: 2\n")
+    cfg = parse_args(FinetuneConfig, ["--config", str(path), "--k", "32"])
+    assert cfg.epochs == 3 and cfg.lr == 0.001 and cfg.train.num_workers == 2
+    assert cfg.data.k == 32 and cfg.data.seed == 21
+
+
+def test_yaml_error_names_nested_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  k: -3\n")
+    with pytest.raises(ConfigError, match=r"^data\.k: must be >= 1"):
+        parse_args(FinetuneConfig, ["--config", str(path)])
+
+
+def test_bad_flag_type_exits_with_usage():
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneConfig, ["--k", "eight"])
+
+
+def test_help_mentions_every_flag():
+    text = build_parser(EvaluateConfig).format_help()
+    for flag in ("--root", "--data", "--data-dir", "--k", "--seed", "--batch-size", "--plot"):
+        assert flag in text

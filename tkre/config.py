@@ -1,0 +1,247 @@
+"""One dataclass per stage: defaults that run the embedded default, YAML files, CLI overrides.
+
+Every field carries its help text in `metadata["help"]`; `__post_init__` rejects bad values with
+a message that names the field. `parse_args(FinetuneConfig, argv)` builds the command line from
+the dataclass: each field is a `--flag` (underscores become dashes), `--config FILE.yaml` loads a
+file first, and explicit flags win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DATASETS = ("demo", "semeval", "tacred", "fewrel", "jsonl")
+MARKERS = ("auto", "typed", "untyped")
+DEFAULT_SEEDS = (13, 21, 42, 87, 100)
+# The run root when --root is not given: $TKRE_ROOT, else ./runs/demo.
+DEFAULT_ROOT = os.environ.get("TKRE_ROOT", "runs/demo")
+# Shared data location for benchmarks and tests; never copied into the repository.
+DATA_ENV = "TKRE_DATA_DIR"
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message starts with the field's name."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where it is, and how the K-shot split is drawn."""
+
+    data: str = _help(f"data set format: one of {', '.join(DATASETS)}", default="demo")
+    data_dir: str | None = _help(
+        "folder of the data set (semeval: TRAIN_FILE.TXT and TEST_FILE_FULL.TXT; tacred: "
+        "train/dev/test.json; fewrel: FewRel JSON files and pid2name.json; jsonl: "
+        "train/dev/test .jsonl or .parquet files); unused for demo", default=None)
+    k: int = _help("examples per label in the K-shot train set (and in the K-shot dev set)",
+                   default=8)
+    seed: int = _help(f"sampling seed for the K-shot split (the paper's: {DEFAULT_SEEDS})",
+                      default=42)
+    no_relation: str | None = _help(
+        "the 'no relation' label; default: no_relation (TACRED, demo), Other (SemEval)",
+        default=None)
+    max_test: int | None = _help(
+        "evaluate on at most this many test examples (a seeded sample); default: all",
+        default=None)
+
+    def __post_init__(self) -> None:
+        _check(self.data in DATASETS, "data", f"must be one of {DATASETS}, got {self.data!r}")
+        _check(self.data == "demo" or bool(self.data_dir), "data_dir",
+               f"is required for --data {self.data}")
+        _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        _check(self.max_test is None or self.max_test >= 1, "max_test",
+               f"must be >= 1, got {self.max_test}")
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train scaffolding shared by the training stages."""
+
+    num_workers: int = _help("Ray Train workers", default=1)
+    use_gpu: bool = _help("one GPU per worker", default=False)
+    cpus_per_worker: float = _help("CPUs reserved per worker", default=1.0)
+    max_failures: int = _help("worker failures Ray Train retries from the latest checkpoint "
+                              "(-1: unlimited)", default=1)
+    num_to_keep: int = _help("checkpoints kept per run", default=2)
+    ray_address: str | None = _help(
+        "Ray cluster address; default: RAY_ADDRESS, else a local cluster", default=None)
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, "max_failures", "must be >= -1")
+        _check(self.num_to_keep >= 1, "num_to_keep", "must be >= 1")
+
+
+@dataclass
+class FinetuneConfig:
+    """Task-oriented fine-tuning: entity-marker classifier on K-shot (+ synthetic) data."""
+
+    root: str = _help("run root: local folder or s3://bucket/prefix", default=DEFAULT_ROOT)
+    encoder: str = _help(
+        "encoder to fine-tune: 'auto' (the stage-2 encoder under ROOT when present, else the "
+        "bundled one), 'bundled-encoder', a local folder or a transformers model id",
+        default="auto")
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    epochs: int = _help("passes over the training set", default=10)
+    batch_size: int = _help("global training batch size", default=8)
+    eval_batch_size: int = _help("batch size for dev/test prediction", default=64)
+    lr: float = _help("peak learning rate (AdamW)", default=3e-5)
+    weight_decay: float = _help("AdamW weight decay", default=0.01)
+    warmup_ratio: float = _help("fraction of steps of linear warm-up", default=0.1)
+    grad_clip: float = _help("gradient-norm clip (0: off)", default=1.0)
+    dropout: float = _help("dropout in the classification head", default=0.1)
+    max_length: int = _help("maximum sub-tokens per marked sentence", default=256)
+    marker: str = _help("entity markers: auto (typed when the data has types), typed, untyped",
+                        default="auto")
+    use_synthetic: bool = _help(
+        "also train on ROOT/knowledge/synthetic.parquet when it exists", default=True)
+    train_seed: int = _help("training seed (model init, shuffling)", default=42)
+
+    def __post_init__(self) -> None:
+        _coerce_nested(self)
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.marker in MARKERS, "marker", f"must be one of {MARKERS}")
+        _check(self.max_length >= 16, "max_length", "must be >= 16")
+        _check(self.batch_size >= self.train.num_workers, "batch_size",
+               "must be at least train.num_workers (it is split across workers)")
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate ROOT/finetune/model on the official test set."""
+
+    root: str = _help("run root: local folder or s3://bucket/prefix", default=DEFAULT_ROOT)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = _help("prediction batch size", default=64)
+    plot: bool = _help("write a confusion-matrix PNG beside metrics.json", default=True)
+
+    def __post_init__(self) -> None:
+        _coerce_nested(self)
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+# --- YAML and command line ---------------------------------------------------------------
+
+C = TypeVar("C")
+
+
+def _coerce_nested(cfg: Any) -> None:
+    """Let nested configs be given as dicts (YAML) and validate them as their dataclass."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        kind = hints[f.name]
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            setattr(cfg, f.name, from_dict(kind, value, prefix=f"{f.name}."))
+
+
+def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
+    """Build a config from a (YAML) dict; unknown keys and bad values name the field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field for {cls.__name__} "
+                          f"(known: {', '.join(sorted(names))})")
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+    except TypeError as err:
+        raise ConfigError(f"{prefix}{cls.__name__}: {err}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    text = Path(path).read_text()
+    values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of field: value")
+    return values
+
+
+def _flat_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, field, type) for every leaf field, nested dataclasses flattened."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out += _flat_fields(kind, prefix=f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f, kind))
+    return out
+
+
+def _scalar_type(kind: Any) -> type:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if args else kind
+
+
+def _parse_value(kind: Any, text: str) -> Any:
+    base = _scalar_type(kind)
+    if text.lower() in ("none", "null") and type(None) in typing.get_args(kind):
+        return None
+    return base(text)
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or cls.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML file of field: value (nested sections for data/train); "
+                             "flags given on the command line override it")
+    for dotted, f, kind in _flat_fields(cls):
+        # Nested fields get a short flag when the leaf name is unique (--k, --num-workers).
+        leaf = dotted.rsplit(".", 1)[-1]
+        flag = "--" + leaf.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f.metadata.get("help", "")
+        if _scalar_type(kind) is bool:
+            parser.add_argument(flag, dest=dotted, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"{helptext} (default: {default})")
+        else:
+            parser.add_argument(flag, dest=dotted, default=argparse.SUPPRESS, metavar=leaf.upper(),
+                                type=lambda text, kind=kind: _parse_value(kind, text),
+                                help=f"{helptext} (default: {default})")
+    return parser
+
+
+def parse_args(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
+    """Config from defaults < --config YAML < command-line flags."""
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = load_yaml(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    for dotted, value in args.items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(cls, values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
