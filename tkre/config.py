@@ -103,7 +103,9 @@ class FinetuneConfig:
     epochs: int = _help("passes over the training set", default=10)
     batch_size: int = _help("global training batch size", default=8)
     eval_batch_size: int = _help("batch size for dev/test prediction", default=64)
-    lr: float = _help("peak learning rate (AdamW)", default=3e-5)
+    # 1e-4, not the paper's 3e-5 (tuned for RoBERTa-large): on SemEval 8-shot with the bundled
+    # MiniLM encoder it gave K-shot dev micro-F1 0.478 against 0.272 (10 epochs, batch 8).
+    lr: float = _help("peak learning rate (AdamW)", default=1e-4)
     weight_decay: float = _help("AdamW weight decay", default=0.01)
     warmup_ratio: float = _help("fraction of steps of linear warm-up", default=0.1)
     grad_clip: float = _help("gradient-norm clip (0: off)", default=1.0)
@@ -141,6 +143,81 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _coerce_nested(self)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+BACKENDS = ("auto", "vllm", "hf", "http")
+
+
+@dataclass
+class GenerateConfig:
+    """Knowledge generation: explanations (EDKG) and schema-checked synthetic data (SCDG)."""
+
+    root: str = _help("run root: local folder or s3://bucket/prefix", default=DEFAULT_ROOT)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = _help("generator: 'bundled-generator', a local folder or a model id",
+                       default="bundled-generator")
+    backend: str = _help(
+        "generation backend: vllm (ray.data.llm engines), hf (transformers in Ray Data "
+        "actors), http (an OpenAI-compatible endpoint), auto (vllm when installed, else hf)",
+        default="auto")
+    explanations_per_relation: int = _help(
+        "K-shot examples per relation that get an explanation (the paper: 6)", default=6)
+    synthetic_per_relation: int = _help("accepted synthetic sentences wanted per relation",
+                                        default=8)
+    demonstrations: int = _help("real examples shown in each SCDG prompt (at most)", default=8)
+    max_rounds: int = _help("SCDG rounds per relation before giving up (the retry cap)",
+                            default=3)
+    oversample: float = _help("requests per missing sentence in each SCDG round", default=3.0)
+    include_no_relation: bool = _help("also generate for the no-relation label", default=False)
+    temperature: float = _help("sampling temperature", default=0.7)
+    top_p: float = _help("nucleus sampling threshold", default=0.95)
+    max_tokens_explanation: int = _help("new tokens per explanation", default=128)
+    max_tokens_sample: int = _help("new tokens per synthetic sample (JSON needs >= 160)",
+                                   default=192)
+    structured: bool = _help("JSON-schema constrained decoding where the backend has it",
+                             default=True)
+    min_words: int = _help("shortest accepted synthetic sentence, in words", default=5)
+    max_words: int = _help("longest accepted synthetic sentence, in words", default=60)
+    batch_size: int = _help("requests per batch sent to a generator replica", default=16)
+    concurrency: int = _help("generator replicas (vLLM engines / HF actors / HTTP workers)",
+                             default=1)
+    num_gpus: float = _help("GPUs per generator replica (0: CPU)", default=0.0)
+    accelerator_type: str | None = _help("GPU kind for the generator stage (e.g. H100)",
+                                         default=None)
+    max_model_len: int = _help("vLLM context length", default=2048)
+    http_url: str | None = _help(
+        "OpenAI-compatible chat completions URL (backend http); default: $TKRE_LLM_URL",
+        default=None)
+    http_model: str | None = _help("model name sent to the endpoint; default: $TKRE_LLM_MODEL",
+                                   default=None)
+    http_api_key_env: str = _help("environment variable holding the endpoint's API key",
+                                  default="OPENAI_API_KEY")
+    http_qps: int | None = _help("request rate limit for the endpoint", default=None)
+    http_max_retries: int = _help("retries of a failed request, with exponential backoff",
+                                  default=5)
+    relation_schemas: dict = _help(
+        "per relation: description, head_types, tail_types (YAML only); default: from the data",
+        default_factory=dict)
+    generation_seed: int = _help("generation seed (sampling, demonstration order)", default=0)
+    ray_address: str | None = _help("Ray cluster address; default: RAY_ADDRESS or local",
+                                    default=None)
+
+    def __post_init__(self) -> None:
+        _coerce_nested(self)
+        _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
+        for name in ("explanations_per_relation", "synthetic_per_relation"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("demonstrations", "max_rounds", "max_tokens_explanation",
+                     "max_tokens_sample", "batch_size", "concurrency", "min_words",
+                     "max_model_len"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.oversample >= 1, "oversample", "must be >= 1")
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.max_words >= self.min_words, "max_words", "must be >= min_words")
+        _check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+        _check(isinstance(self.relation_schemas, dict), "relation_schemas",
+               "must be a mapping of relation: {description, head_types, tail_types}")
 
 
 # --- YAML and command line ---------------------------------------------------------------
@@ -189,6 +266,8 @@ def _flat_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Fie
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
             out += _flat_fields(kind, prefix=f"{prefix}{f.name}.")
+        elif typing.get_origin(kind) is dict or kind is dict:
+            continue  # mappings come from YAML only
         else:
             out.append((f"{prefix}{f.name}", f, kind))
     return out

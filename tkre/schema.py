@@ -18,7 +18,7 @@ class DataError(ValueError):
 
     def __init__(self, message: str, *, file: str | None = None, record: Any = None,
                  field: str | None = None):
-        self.file, self.record, self.field = file, record, field
+        self.message, self.file, self.record, self.field = message, file, record, field
         where = ", ".join(
             part for part in (
                 f"file {file}" if file else "",
@@ -123,3 +123,45 @@ def validate(inst: Instance) -> None:
         raise DataError("must be a non-empty string", field="relation")
     if inst.source not in SOURCES:
         raise DataError(f"must be one of {SOURCES}, got {inst.source!r}", field="source")
+
+
+@dataclass(frozen=True)
+class RelationSchema:
+    """What a relation allows: its name, a description, and the entity types of head and tail.
+
+    Empty type tuples mean the data set has no entity types (SemEval, FewRel): no type check.
+    """
+
+    name: str
+    description: str = ""
+    head_types: tuple[str, ...] = ()
+    tail_types: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "head_types": list(self.head_types), "tail_types": list(self.tail_types)}
+
+
+def derive_schemas(instances: list[Instance], descriptions: dict[str, str] | None = None,
+                   overrides: dict[str, dict[str, Any]] | None = None
+                   ) -> dict[str, RelationSchema]:
+    """One schema per relation: types seen in the data unless `overrides` names them."""
+    descriptions, overrides = descriptions or {}, overrides or {}
+    head_types: dict[str, set[str]] = {}
+    tail_types: dict[str, set[str]] = {}
+    for inst in instances:
+        head_types.setdefault(inst.relation, set())
+        tail_types.setdefault(inst.relation, set())
+        if inst.head.type:
+            head_types[inst.relation].add(inst.head.type)
+        if inst.tail.type:
+            tail_types[inst.relation].add(inst.tail.type)
+    schemas = {}
+    for name in sorted(head_types):
+        given = overrides.get(name, {})
+        schemas[name] = RelationSchema(
+            name=name,
+            description=given.get("description") or descriptions.get(name, ""),
+            head_types=tuple(given.get("head_types") or sorted(head_types[name])),
+            tail_types=tuple(given.get("tail_types") or sorted(tail_types[name])))
+    return schemas

@@ -71,10 +71,8 @@ def _where(file: str, record: Any) -> Iterator[None]:
     except DataError as exc:
         if exc.file is not None:
             raise
-        prefix = str(DataError("", record=exc.record, field=exc.field))
-        message = str(exc)[len(prefix):] if str(exc).startswith(prefix) else str(exc)
         record = record if exc.record is None else exc.record
-        raise DataError(message, file=file, record=record, field=exc.field) from exc
+        raise DataError(exc.message, file=file, record=record, field=exc.field) from exc
 
 
 def _read_text(path: PathLike, filesystem: FileSystem | None = None) -> str:

