@@ -158,7 +158,8 @@ class GenerateConfig:
                        default="bundled-generator")
     backend: str = _help(
         "generation backend: vllm (ray.data.llm engines), hf (transformers in Ray Data "
-        "actors), http (an OpenAI-compatible endpoint), auto (vllm when installed, else hf)",
+        "actors), http (an OpenAI-compatible endpoint), auto (vllm with --num-gpus, else hf: "
+        "the faster one on a CPU)",
         default="auto")
     explanations_per_relation: int = _help(
         "K-shot examples per relation that get an explanation (the paper: 6)", default=6)

@@ -21,15 +21,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     return str(make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder")))
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-JOBS = ["finetune", "evaluate"]
+JOBS = ["generate", "finetune", "evaluate"]
 
 
 def run_job(name: str, *args: str, tmp_path=None) -> subprocess.CompletedProcess:

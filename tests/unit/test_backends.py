@@ -1,0 +1,40 @@
+"""Backend choice and HTTP settings (the backends themselves run in tests/integration)."""
+
+import importlib.util
+
+import pytest
+
+from tkre.config import GenerateConfig
+from tkre.knowledge import backends
+
+
+def test_auto_is_hf_on_cpu_and_vllm_with_gpus(monkeypatch):
+    assert backends.choose_backend(GenerateConfig()) == "hf"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert backends.choose_backend(GenerateConfig(num_gpus=1)) == "vllm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert backends.choose_backend(GenerateConfig(num_gpus=1)) == "hf"
+    assert backends.choose_backend(GenerateConfig(backend="http")) == "http"
+
+
+def test_http_settings_from_config_or_environment(monkeypatch):
+    monkeypatch.delenv("TKRE_LLM_URL", raising=False)
+    monkeypatch.delenv("TKRE_LLM_MODEL", raising=False)
+    with pytest.raises(ValueError, match="^http_url:"):
+        backends.http_settings(GenerateConfig(backend="http"))
+    monkeypatch.setenv("TKRE_LLM_URL", "http://127.0.0.1:9/v1/chat/completions")
+    monkeypatch.setenv("TKRE_LLM_MODEL", "m")
+    monkeypatch.setenv("MY_KEY", "secret")
+    url, model, headers = backends.http_settings(
+        GenerateConfig(backend="http", http_api_key_env="MY_KEY"))
+    assert (url, model) == ("http://127.0.0.1:9/v1/chat/completions", "m")
+    assert headers["Authorization"] == "Bearer secret"
+    url, model, headers = backends.http_settings(GenerateConfig(
+        backend="http", http_url="http://127.0.0.1:8/x", http_model="n", http_api_key_env="NONE"))
+    assert (url, model) == ("http://127.0.0.1:8/x", "n") and "Authorization" not in headers
+
+
+def test_vllm_cpu_environment_uses_every_core_on_loopback():
+    env = backends._vllm_env(GenerateConfig())
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert backends._vllm_env(GenerateConfig(num_gpus=1)) == {}
