@@ -149,23 +149,25 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def openai_server(tiny_lm):
-    """`vllm serve` on 127.0.0.1 with the tiny model: a real OpenAI-compatible endpoint."""
+    """vLLM's OpenAI-compatible server on 127.0.0.1 with the tiny model."""
     import os
-    import shutil
     import signal
     import subprocess
+    import sys
     import time
     import urllib.request
 
-    vllm = shutil.which("vllm")
-    if vllm is None:
+    if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
            "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # the OpenAI server module, not the `vllm` CLI: vllm-cpu's CLI looks up the distribution
+    # name "vllm" for --version and fails before starting
     server = subprocess.Popen(
-        [vllm, "serve", tiny_lm, "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_lm,
+         "--host", "127.0.0.1", "--port", str(port),
          "--served-model-name", "tiny", "--dtype", "bfloat16", "--max-model-len", "2048",
          "--enforce-eager"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -181,14 +183,15 @@ def openai_server(tiny_lm):
                 time.sleep(1)
         yield f"http://127.0.0.1:{port}/v1/chat/completions"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
 
 
-def test_http_backend_against_vllm_serve(ray_cluster, openai_server, tmp_path):
+def test_http_backend_against_vllm_openai_server(ray_cluster, openai_server, tmp_path):
     stats = job.run_generate(small(tmp_path, "tiny", "http", http_url=openai_server,
                                    http_model="tiny"))
     ids = ledger_ids(tmp_path)
