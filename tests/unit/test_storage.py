@@ -204,3 +204,21 @@ def test_s3_local_copy_concurrent_callers_share_one_folder(bucket: str, tmp_path
     outer = storage.local_copy(root)
     assert outer == inner["done"] and (outer / "a.txt").read_text() == "alpha"
     assert [p.name for p in outer.parent.iterdir()] == [outer.name]  # the loser's temp is gone
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_replace_dir_leaves_exactly_the_new_files(kind: str, tmp_path: Path,
+                                                  request: pytest.FixtureRequest):
+    target = (f"s3://{request.getfixturevalue('bucket')}/model" if kind == "s3"
+              else str(tmp_path / "model"))
+    old = _make_tree(tmp_path / "old")
+    storage.replace_dir(old, target)
+    assert storage.list_files(target) == ["a.txt", "sub/b.txt", "sub/deeper/c.bin"]
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "a.txt").write_text("new a")
+    storage.replace_dir(new, target)
+    assert storage.list_files(target) == ["a.txt"]
+    assert storage.read_text(storage.join(target, "a.txt")) == "new a"
+    storage.write_bytes(storage.join(target, "b.bin"), b"\x01")
+    assert storage.list_files(target) == ["a.txt", "b.bin"]
