@@ -124,7 +124,9 @@ def _hf(cfg: GenerateConfig, dataset):
         fn_constructor_kwargs={"model_path": resolve_model(cfg.model),
                                "temperature": cfg.temperature, "top_p": cfg.top_p,
                                "threads": max(1, cores // cfg.concurrency)},
-        batch_size=cfg.batch_size, concurrency=cfg.concurrency, batch_format="numpy",
+        # batch_size=None: each block (already batch_size rows) is one batch and one task, so
+        # every finished batch streams out on its own instead of being coalesced with the next
+        batch_size=None, concurrency=cfg.concurrency, batch_format="numpy",
         # fractional CPUs on a CPU-only node: the read task must still find a free CPU
         num_cpus=1 if cfg.num_gpus else 0.5, num_gpus=cfg.num_gpus or None)
 
