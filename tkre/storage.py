@@ -200,6 +200,16 @@ def write_bytes(uri: PathLike, data: bytes) -> None:
         raise
 
 
+def write_table(uri: PathLike, table: Any) -> None:
+    """Write a pyarrow Table as one Parquet file, atomically (see write_bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_bytes(uri, buffer.getvalue().to_pybytes())
+
+
 def read_json(uri: PathLike) -> Any:
     return json.loads(read_text(uri))
 

@@ -17,7 +17,6 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tkre import storage
 from tkre.config import GenerateConfig
@@ -167,12 +166,6 @@ def accepted_explanations(ledger: Ledger, train: list[Instance]) -> tuple[list[d
     return rows, verdicts
 
 
-def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
-    buffer = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
-    storage.write_bytes(uri, buffer.getvalue().to_pybytes())
-
-
 def missing_counts(accepted: dict, relations: list[str], target: int) -> dict[str, int]:
     return {r: target - len(accepted.get(r, [])) for r in relations
             if len(accepted.get(r, [])) < target}
@@ -201,8 +194,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     explanations, explanation_verdicts = accepted_explanations(ledger, splits.train)
     synthetic = [inst for relation in relations for inst in accepted.get(relation, [])]
     knowledge = storage.join(cfg.root, "knowledge")
-    write_table(storage.join(knowledge, "explanations.parquet"), explanations,
-                EXPLANATION_SCHEMA)
+    storage.write_table(storage.join(knowledge, "explanations.parquet"),
+                        pa.Table.from_pylist(explanations, schema=EXPLANATION_SCHEMA))
     fs, path = storage.arrow_filesystem(storage.join(knowledge, "synthetic.parquet"))
     readers.write_parquet(synthetic, path, filesystem=fs)
     stats = build_stats(cfg, relations, accepted, verdicts, explanation_verdicts, clock,

@@ -48,9 +48,7 @@ class Ledger:
         table = pa.Table.from_pylist(
             [{field.name: row.get(field.name) for field in LEDGER_SCHEMA} for row in fresh],
             schema=LEDGER_SCHEMA)
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
-        storage.write_bytes(uri, buffer.getvalue().to_pybytes())
+        storage.write_table(uri, table)
         for row in fresh:
             self.rows[row["request_id"]] = row
 
