@@ -1,0 +1,276 @@
+"""tkre.extract: the wire format, trained + registered relations, and the registry on disk/S3."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import make_tiny_encoder
+from tkre import storage
+from tkre.extract import (
+    Extractor,
+    Limits,
+    parse_item,
+    parse_items,
+)
+from tkre.fewshot import Calibration
+from tkre.finetune.model import (
+    ModelMeta,
+    RelationClassifier,
+    load_encoder,
+    predict_proba,
+    save_classifier,
+)
+from tkre.schema import DataError
+
+LABELS = ["no_relation", "per:city_of_birth", "org:founded_by"]
+TEXT = "John Smith was born in Paris ."  # John Smith = [0, 10), Paris = [23, 28)
+
+
+def item(text=TEXT, head=(0, 10), tail=(23, 28), **extra) -> dict:
+    return {"text": text, "head": {"start": head[0], "end": head[1]},
+            "tail": {"start": tail[0], "end": tail[1]}, **extra}
+
+
+def make_model_root(root: Path, encoder_dir: Path) -> Path:
+    """ROOT/finetune/model with a tiny random encoder and head (what jobs/finetune.py writes)."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = RelationClassifier(load_encoder(encoder_dir), len(LABELS))
+    meta = ModelMeta(labels=LABELS, no_relation="no_relation", typed_markers=True,
+                     max_length=64, encoder_source=str(encoder_dir))
+    save_classifier(model, AutoTokenizer.from_pretrained(encoder_dir), meta,
+                    root / "finetune" / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory) -> Path:
+    encoder = make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+    return make_model_root(tmp_path_factory.mktemp("root"), encoder)
+
+
+@pytest.fixture
+def root(model_root: Path, tmp_path: Path) -> Path:
+    """A fresh copy per test, so registrations do not leak between tests."""
+    storage.download_dir(model_root, tmp_path / "root")
+    return tmp_path / "root"
+
+
+# --- the wire format ------------------------------------------------------------------------
+
+def test_text_item_becomes_token_spans():
+    (inst,) = parse_item(item() | {"head": {"start": 0, "end": 10, "type": "person"}}).instances
+    assert inst.tokens == ("John", "Smith", "was", "born", "in", "Paris", ".")
+    assert (inst.head.start, inst.head.end, inst.head.text, inst.head.type) == (
+        0, 2, "John Smith", "person")
+    assert (inst.tail.start, inst.tail.end, inst.tail.type) == (5, 6, None)
+
+
+def test_token_item_and_entities_yield_every_ordered_pair():
+    parsed = parse_item({"tokens": ["Ada", "met", "Bob", "in", "Rome"],
+                         "entities": [{"start": 0, "end": 1}, {"start": 2, "end": 3},
+                                      {"start": 4, "end": 5}]})
+    assert parsed.pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert [(i.head.text, i.tail.text) for i in parsed.instances][:2] == [
+        ("Ada", "Bob"), ("Ada", "Rome")]
+
+
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"text": "", "head": {"start": 0, "end": 1}, "tail": {"start": 1, "end": 2}}, "item.text"),
+    ({"text": "   ", "head": {"start": 0, "end": 1}, "tail": {"start": 1, "end": 2}},
+     "item.text"),
+    (item(tail=(23, 40)), "item.tail"),                      # past the end of the text
+    (item(tail=(40, 45)), "item.tail.start"),                # starts past the end
+    (item(head=(1, 10)), "item.head"),                       # cuts the token "John"
+    (item(tail=(0, 10)), "item.tail.start"),                 # identical to the head
+    (item(tail=(24, 28)), "item.tail"),                      # cuts the token "Paris"
+    ({"text": TEXT, "head": {"start": 0, "end": 10}}, "item.tail"),
+    (item(entities=[{"start": 0, "end": 4}, {"start": 23, "end": 28}]), "item.entities"),
+    ({"text": TEXT, "entities": [{"start": 0, "end": 10}]}, "item.entities"),
+    ({"text": TEXT, "entities": [{"start": 0, "end": 10}, {"start": 5, "end": 10}]},
+     "item.entities[1]"),
+    ({"tokens": ["a", " b"], "head": {"start": 0, "end": 1}, "tail": {"start": 1, "end": 2}},
+     "item.tokens"),
+    ({"tokens": ["a", "b"], "head": {"start": 0, "end": 1}, "tail": {"start": 1, "end": 3}},
+     "item.tail.start"),
+    ({"text": TEXT, "tokens": ["a"], "head": {"start": 0, "end": 1},
+      "tail": {"start": 1, "end": 2}}, "item.text"),
+    (item() | {"head": {"start": "0", "end": 4}}, "item.head.start"),
+    ("not an object", "item"),
+])
+def test_bad_items_name_the_field(bad, field):
+    with pytest.raises(DataError) as err:
+        parse_item(bad)
+    assert err.value.field == field or err.value.field.startswith(field), err.value
+
+
+def test_overlapping_head_and_tail_is_rejected():
+    with pytest.raises(DataError, match="overlap") as err:
+        parse_item(item(head=(0, 10), tail=(5, 10)))
+    assert err.value.field.startswith("item.")
+    with pytest.raises(DataError, match="overlap"):
+        parse_item({"tokens": ["a", "b", "c"], "head": {"start": 0, "end": 2},
+                    "tail": {"start": 1, "end": 3}})
+
+
+def test_request_limits():
+    limits = Limits(max_items=2, max_text_chars=20, max_pairs=3)
+    with pytest.raises(DataError, match="limit is 2") as err:
+        parse_items([item()] * 3, limits)
+    assert err.value.field == "items"
+    with pytest.raises(DataError, match="limit is 20") as err:
+        parse_items([item()], limits)
+    assert err.value.field == "items[0].text"
+    short = {"text": "A met B in C .", "entities": [{"start": 0, "end": 1},
+                                                   {"start": 6, "end": 7},
+                                                   {"start": 11, "end": 12}]}
+    with pytest.raises(DataError, match="6 entity pairs"):
+        parse_items([short], limits)
+    with pytest.raises(DataError) as err:
+        parse_items([], limits)
+    assert err.value.field == "items"
+
+
+# --- prediction and run-time relations ------------------------------------------------------
+
+def test_without_registrations_predictions_are_the_trained_models(root: Path):
+    extractor = Extractor.from_root(str(root))
+    (result,) = extractor.extract([item()], top_k=3)
+    parsed = parse_items([item()])
+    probs = predict_proba(extractor.model, extractor.tokenizer, extractor.meta,
+                          parsed[0].instances)[0]
+    assert result["relation"] == LABELS[int(probs.argmax())]
+    assert result["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert [r["relation"] for r in result["top_k"]] == [LABELS[i] for i in
+                                                        probs.argsort(descending=True)]
+    assert sum(r["score"] for r in result["top_k"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_entities_item_answers_every_pair(root: Path):
+    extractor = Extractor.from_root(str(root))
+    (result,) = extractor.extract([{"text": TEXT, "entities": [
+        {"start": 0, "end": 10}, {"start": 23, "end": 28}]}], top_k=1)
+    assert [(p["head"], p["tail"]) for p in result["pairs"]] == [(0, 1), (1, 0)]
+    assert all(len(p["top_k"]) == 1 and p["relation"] in LABELS for p in result["pairs"])
+
+
+def test_registered_relation_competes_with_trained_labels(root: Path):
+    extractor = Extractor.from_root(str(root))
+    info = extractor.register("born_in", [item(), item(text="Mary Jones was born in Rome .",
+                                                       head=(0, 10), tail=(23, 27))],
+                              description="person -> birthplace")
+    assert info == {"name": "born_in", "kind": "registered", "description":
+                    "person -> birthplace", "examples": 2, "no_relation": False}
+    # the query is one of the examples: cosine to the prototype is high, so q beats softmax
+    (result,) = extractor.extract([item()], top_k=4)
+    assert result["relation"] == "born_in"
+    names = [r["relation"] for r in result["top_k"]]
+    assert set(names) == {"born_in", *LABELS}
+    embedding = extractor.pair_encoder.embed(parse_items([item()])[0].instances)
+    prototype = extractor.registry.snapshot()[1]
+    expected = extractor.calibration.probability(embedding @ prototype.T)
+    assert result["score"] == pytest.approx(float(expected), abs=1e-5)
+
+    # a threshold no cosine reaches: q ~ 0, the trained label wins again, scores unchanged
+    extractor.calibration = Calibration(threshold=2.0, temperature=0.05)
+    (again,) = extractor.extract([item()], top_k=4)
+    assert again["relation"] in LABELS and again["top_k"][-1]["relation"] == "born_in"
+    assert again["top_k"][-1]["score"] < 1e-6
+
+
+def test_register_rejects_bad_requests(root: Path):
+    extractor = Extractor.from_root(str(root))
+    for name, examples, field in [
+            ("no_relation", [item()], "name"),        # a trained label
+            ("bad name!", [item()], "name"),
+            ("", [item()], "name"),
+            ("ok", [], "examples"),
+            ("ok", [item(tail=(23, 29))], "examples[0].tail"),
+            ("ok", [{"text": TEXT, "entities": [{"start": 0, "end": 10},
+                                                {"start": 23, "end": 28}]}],
+             "examples[0].head")]:
+        with pytest.raises(DataError) as err:
+            extractor.register(name, examples)
+        assert err.value.field == field, err.value
+    assert storage.list_files(root / "extract") == []
+
+
+def test_registrations_persist_and_reach_other_extractors(root: Path):
+    first = Extractor.from_root(str(root), refresh_s=0)
+    second = Extractor.from_root(str(root), refresh_s=0)
+    first.register("born_in", [item()])
+    assert storage.list_files(root / "extract" / "relations") == ["born_in.json"]
+    assert second.extract([item()])[0]["relation"] == "born_in"
+    restarted = Extractor.from_root(str(root))
+    assert [r["name"] for r in restarted.relations() if r["kind"] == "registered"] == [
+        "born_in"]
+    assert second.unregister("born_in") and not second.unregister("born_in")
+    assert first.extract([item()])[0]["relation"] in LABELS
+    assert [r["kind"] for r in first.relations()] == ["trained"] * len(LABELS)
+
+
+def test_extract_checks_top_k_and_entities_that_cannot_fit(root: Path):
+    extractor = Extractor.from_root(str(root))
+    with pytest.raises(DataError) as err:
+        extractor.extract([item()], top_k=0)
+    assert err.value.field == "top_k"
+    far = "A " + "word " * 80 + "B ."  # the model's max_length is 64 sub-tokens
+    with pytest.raises(DataError, match="sub-tokens apart") as err:
+        extractor.extract([{"text": far, "head": {"start": 0, "end": 1},
+                            "tail": {"start": len(far) - 3, "end": len(far) - 2}}])
+    assert err.value.field == "items[0].tail"
+    extractor.self_check()
+
+
+# --- an s3:// root ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("TKRE_CACHE_DIR", str(tmp_path / "cache"))
+    name = f"tkre-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return name
+
+
+def test_s3_root_model_download_and_shared_registry(model_root: Path, bucket: str,
+                                                    tmp_path: Path):
+    root = f"s3://{bucket}/runs/demo"
+    storage.upload_dir(model_root, root)
+    storage.write_json(storage.join(root, "extract", "calibration.json"),
+                       {"threshold": 0.5, "temperature": 0.1})
+    first = Extractor.from_root(root, refresh_s=0)
+    assert str(first.pair_encoder.encoder.name_or_path).startswith(str(tmp_path / "cache"))
+    assert first.calibration == Calibration(0.5, 0.1)
+    second = Extractor.from_root(root, refresh_s=0)
+    first.register("born_in", [item()])
+    assert storage.list_files(storage.join(root, "extract", "relations")) == ["born_in.json"]
+    assert any(r["name"] == "born_in" for r in second.relations())
+    assert second.unregister("born_in")
+    assert not storage.exists(storage.join(root, "extract", "relations", "born_in.json"))
+    assert [r["kind"] for r in first.relations()] == ["trained"] * len(LABELS)
