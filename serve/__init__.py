@@ -1,0 +1,1 @@
+"""The Ray Serve application: `serve run serve/config.yaml` from the repository root."""

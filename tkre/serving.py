@@ -1,0 +1,280 @@
+"""The extractor as a Ray Serve deployment with a FastAPI ingress (`serve/app.py` exposes it).
+
+Routes: POST /v1/extract, GET|POST /v1/relations, DELETE /v1/relations/{name}, GET /v1/model,
+GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
+
+- Batching: each entity pair of each request goes through one `@serve.batch` method, so pairs
+  of concurrent requests share a forward pass (up to `max_batch_size`, waiting at most
+  `batch_wait_timeout_s` to fill a batch). The forward pass runs in a worker thread, so the
+  replica's event loop keeps accepting requests and answering health checks meanwhile.
+- Load bounds: `max_ongoing_requests` per replica and `max_queued_requests` per caller (the
+  deployment options, set in serve/config.yaml): past them the proxy answers 503 at once.
+- Input safety: every request is parsed and checked (`tkre.extract.parse_items`) before it
+  joins a batch; a bad one gets 422 with the field named ("items[1].head") and never reaches the
+  model, so it cannot fail other requests' batch or the replica.
+- API key: when $TKRE_API_KEY is set in the replica's environment, every route but /healthz
+  needs `X-API-Key: <key>` or `Authorization: Bearer <key>`, else 401.
+- Retries: /v1/extract is idempotent, so clients may retry 503 and 5xx with backoff.
+- `batching=False` (benchmarks only) runs one model call per request, as OpenNRE's `infer`
+  does, for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from tkre.extract import (
+    Extractor,
+    Limits,
+    Prediction,
+    field_error,
+    format_results,
+    limits_from,
+    parse_items,
+)
+from tkre.finetune.markers import Encoded
+from tkre.schema import DataError
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "TKRE_ROOT"
+API_KEY_ENV = "TKRE_API_KEY"
+OPEN_PATHS = {"/healthz"}
+REPLICA_HEADER = "X-Tkre-Replica"
+
+
+# --- the wire format -----------------------------------------------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Entity(_Strict):
+    start: int = Field(description="first character (text) or token (tokens) of the mention")
+    end: int = Field(description="one past the last character or token (end exclusive)")
+    type: str | None = Field(None, description="entity type, e.g. person; optional")
+
+
+class Item(_Strict):
+    """Raw text with character offsets, or tokens with token spans; head and tail, or a list
+    of entities (every ordered pair is scored)."""
+
+    text: str | None = None
+    tokens: list[str] | None = None
+    head: Entity | None = None
+    tail: Entity | None = None
+    entities: list[Entity] | None = None
+
+
+class ExtractRequest(_Strict):
+    items: list[Item]
+    top_k: int = Field(3, description="ranked relations returned per pair")
+
+
+class Scored(BaseModel):
+    relation: str
+    score: float
+
+
+class PairResult(Scored):
+    head: int
+    tail: int
+    top_k: list[Scored]
+
+
+class Result(BaseModel):
+    relation: str | None = None
+    score: float | None = None
+    top_k: list[Scored] | None = None
+    pairs: list[PairResult] | None = None
+
+
+class ExtractResponse(BaseModel):
+    results: list[Result]
+
+
+class RelationRequest(_Strict):
+    name: str
+    description: str = ""
+    examples: list[Item] = Field(description="items with head and tail that express it")
+
+
+class RelationInfo(BaseModel):
+    name: str
+    kind: Literal["trained", "registered"]
+    description: str
+    examples: int | None
+    no_relation: bool
+
+
+class RelationList(BaseModel):
+    relations: list[RelationInfo]
+
+
+class AppArgs(_Strict):
+    """The application's arguments (`args:` in serve/config.yaml)."""
+
+    root: str | None = Field(None, description=f"run root; default: ${ROOT_ENV}")
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    registry_refresh_s: float = Field(1.0, ge=0)
+    batching: bool = True
+    device: str | None = None
+    limits: dict[str, int] = Field(default_factory=dict)
+
+
+api = FastAPI(title="tkre relation extractor", version="1",
+              description="Few-shot relation extraction; relations can be added from examples "
+                          "at run time (POST /v1/relations).")
+
+
+@api.middleware("http")
+async def require_api_key(request: Request, call_next):
+    expected = os.environ.get(API_KEY_ENV)
+    if expected and request.url.path not in OPEN_PATHS:
+        bearer = request.headers.get("authorization", "")
+        given = request.headers.get("x-api-key") or (
+            bearer[7:] if bearer.lower().startswith("bearer ") else "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return JSONResponse({"detail": "missing or wrong API key: send X-API-Key or "
+                                           "Authorization: Bearer"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
+
+
+def _loc(field: str | None) -> list[str | int]:
+    """'items[2].head.start' -> ['body', 'items', 2, 'head', 'start'] (FastAPI's loc form)."""
+    parts: list[str | int] = ["body"]
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field or ""):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+@contextmanager
+def _unprocessable():
+    """A DataError becomes 422 in FastAPI's error form, its message naming the field."""
+    try:
+        yield
+    except DataError as err:
+        raise HTTPException(422, detail=[{"loc": _loc(err.field), "msg": str(err),
+                                          "type": "value_error"}]) from None
+
+
+# --- the deployment ------------------------------------------------------------------------
+
+@serve.deployment(name="Extractor", max_ongoing_requests=32, max_queued_requests=128,
+                  health_check_period_s=10, health_check_timeout_s=30,
+                  ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class ExtractorDeployment:
+    def __init__(self, args: dict[str, Any] | None = None):
+        cfg = AppArgs.model_validate(args or {})
+        root = cfg.root or os.environ.get(ROOT_ENV)
+        if not root:
+            raise ValueError(f"no model root: set the app's `root` argument or ${ROOT_ENV}")
+        self.extractor = Extractor.from_root(root, cfg.device, refresh_s=cfg.registry_refresh_s)
+        self.limits: Limits = limits_from(cfg.limits)
+        self.batching = cfg.batching
+        self._predict_batch.set_max_batch_size(cfg.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batch_settings = {"max_batch_size": cfg.max_batch_size,
+                               "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
+        self.stats = {"requests": 0, "batches": 0, "batched_pairs": 0, "largest_batch": 0}
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    # -- prediction
+
+    def _predict(self, encoded: list[Encoded]) -> list[Prediction]:
+        if self.extractor.registry:
+            try:
+                self.extractor.registry.refresh()
+            except Exception:  # storage hiccup: keep serving with the relations we have
+                log.exception("relation registry refresh failed")
+        return self.extractor.predict_encoded(encoded, self.limits.max_top_k,
+                                              batch_size=max(1, len(encoded)))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _predict_batch(self, encoded: list[Encoded]) -> list[Prediction]:
+        self.stats["batches"] += 1
+        self.stats["batched_pairs"] += len(encoded)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(encoded))
+        return await asyncio.to_thread(self._predict, encoded)
+
+    @api.post("/v1/extract", response_model=ExtractResponse, response_model_exclude_none=True)
+    async def extract(self, body: ExtractRequest, response: Response) -> dict[str, Any]:
+        """The best relation, its score and the top k for each item (each pair of entities)."""
+        response.headers[REPLICA_HEADER] = self.replica
+        self.stats["requests"] += 1
+        with _unprocessable():
+            if not 1 <= body.top_k <= self.limits.max_top_k:
+                raise field_error(f"must be between 1 and {self.limits.max_top_k}", "top_k")
+            parsed = parse_items([item.model_dump(exclude_none=True) for item in body.items],
+                                 self.limits)
+            encoded = self.extractor.encode(parsed)
+        if self.batching:
+            predictions = await asyncio.gather(*(self._predict_batch(e) for e in encoded))
+        else:
+            predictions = await asyncio.to_thread(self._predict, encoded)
+        return {"results": format_results(parsed, list(predictions), body.top_k)}
+
+    # -- run-time relations
+
+    @api.get("/v1/relations", response_model=RelationList)
+    async def relations(self) -> dict[str, Any]:
+        """Trained labels and registered relations."""
+        return {"relations": await asyncio.to_thread(self.extractor.relations)}
+
+    @api.post("/v1/relations", response_model=RelationInfo, status_code=201)
+    async def register(self, body: RelationRequest, response: Response) -> dict[str, Any]:
+        """Add (or replace) a relation from examples; every replica uses it from then on."""
+        response.headers[REPLICA_HEADER] = self.replica
+        examples = [e.model_dump(exclude_none=True) for e in body.examples]
+        with _unprocessable():
+            return await asyncio.to_thread(self.extractor.register, body.name, examples,
+                                           body.description, self.limits)
+
+    @api.delete("/v1/relations/{name}")
+    async def unregister(self, name: str) -> dict[str, str]:
+        """Remove a registered relation (trained labels cannot be removed)."""
+        if name in self.extractor.meta.labels:
+            raise HTTPException(409, detail=f"{name!r} is a trained label; only registered "
+                                            "relations can be deleted")
+        if not await asyncio.to_thread(self.extractor.unregister, name):
+            raise HTTPException(404, detail=f"no registered relation {name!r}")
+        return {"deleted": name}
+
+    # -- model and health
+
+    @api.get("/v1/model")
+    async def model(self) -> dict[str, Any]:
+        """The served model, the limits and this replica's batching counters."""
+        return self.extractor.info() | {
+            "limits": asdict(self.limits),
+            "serving": {"replica": self.replica, "batching": self.batching,
+                        **self.batch_settings, **self.stats}}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "replica": self.replica}
+
+    async def check_health(self) -> None:
+        """Serve's health probe: the model must still answer a probe sentence sensibly."""
+        await asyncio.to_thread(self.extractor.self_check)
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: `import_path: serve.app:app`, `args:` from the config
+    (checked here, so a misspelt argument fails the deploy, not the replicas)."""
+    return ExtractorDeployment.bind(AppArgs.model_validate(args).model_dump())
