@@ -21,7 +21,8 @@ def demo_vocabulary() -> list[str]:
     return sorted(words)
 
 
-def make_tiny_encoder(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
+def make_tiny_encoder(folder: Path, hidden: int = 32, layers: int = 2, dropout: float = 0.1
+                      ) -> Path:
     """A random BERT (hidden 32) with a word-level WordPiece vocabulary; saved like a hub model."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -32,7 +33,8 @@ def make_tiny_encoder(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
     tokenizer.save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=2 * hidden,
-                        max_position_embeddings=512)
+                        max_position_embeddings=512, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(folder)
     return folder
 

@@ -145,6 +145,87 @@ class EvaluateConfig:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
+STAGES = ("mslm", "scl", "both")
+STRATEGIES = ("deepspeed", "ddp")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class PretrainConfig:
+    """Two-stage knowledge-guided pre-training: MSLM, then MSLM + SCL, on Ray Train."""
+
+    root: str = _help("run root: local folder or s3://bucket/prefix", default=DEFAULT_ROOT)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage: str = _help("which stage to run: mslm, scl (needs mslm's encoder) or both",
+                       default="both")
+    encoder: str = _help("stage 1's starting encoder: 'bundled-encoder', a local folder or a "
+                         "transformers model id (the MLM head starts fresh when it has none)",
+                         default="bundled-encoder")
+    strategy: str = _help("distributed strategy: deepspeed (ZeRO) or ddp", default="deepspeed")
+    zero_stage: int = _help("DeepSpeed ZeRO stage (0-3)", default=2)
+    precision: str = _help("auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16",
+                           default="auto")
+    epochs: int = _help("passes over each stage's data (the paper: 5)", default=5)
+    max_steps: int | None = _help("stop each stage after this many optimizer steps (overrides "
+                                  "epochs)", default=None)
+    batch_size: int = _help("global batch size (the paper: 16), split across workers",
+                            default=16)
+    lr: float = _help("peak learning rate (AdamW)", default=5e-5)
+    weight_decay: float = _help("AdamW weight decay", default=0.01)
+    warmup_ratio: float = _help("fraction of steps of linear warm-up", default=0.06)
+    grad_clip: float = _help("gradient-norm clip (0: off)", default=1.0)
+    max_length: int = _help("maximum sub-tokens per text (the paper: 128)", default=128)
+    mask_relation: float = _help("masking probability inside the relation span", default=0.8)
+    mask_entity: float = _help("masking probability of entity tokens", default=0.5)
+    mask_other: float = _help("masking probability of the other tokens", default=0.2)
+    mslm_synthetic: bool = _help("stage 1 also trains on the synthetic sentences",
+                                 default=True)
+    tau: float = _help("SCL temperature", default=0.1)
+    lambda_mslm: float = _help("weight of the MSLM loss in stage 2", default=1.0)
+    lambda_scl: float = _help("weight of the SCL loss in stage 2", default=1.0)
+    negatives: int = _help("irrelevant spans pooled as negatives per example", default=4)
+    negative_max_len: int = _help("longest irrelevant span, in sub-tokens", default=3)
+    entity_positives: bool = _help("pooled entity tokens are a second positive", default=True)
+    anchor_negatives: bool = _help("the other relations' anchors are negatives too",
+                                   default=True)
+    checkpoint_every: int = _help("checkpoint (and report) every N steps; the last step "
+                                  "always checkpoints", default=50)
+    log_every: int = _help("print progress every N steps", default=10)
+    peak_flops: float | None = _help(
+        "peak FLOP/s per worker for the MFU estimate; default: the GPU's datasheet figure, or "
+        "a matmul measured on this CPU", default=None)
+    knowledge_config: str | None = _help(
+        "YAML file of generation settings used when ROOT has no knowledge artifacts yet "
+        "(see jobs/generate.py --help)", default=None)
+    train_seed: int = _help("training seed (init, shuffling, masks)", default=42)
+    fail_at_step: int | None = _help(
+        "fault injection for tests: rank 0 raises once at this step (a marker under ROOT "
+        "records it), to exercise resuming", default=None)
+
+    def __post_init__(self) -> None:
+        _coerce_nested(self)
+        _check(self.stage in STAGES, "stage", f"must be one of {STAGES}, got {self.stage!r}")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "negative_max_len"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        _check(self.max_length >= 8, "max_length", "must be >= 8")
+        _check(self.negatives >= 0, "negatives", "must be >= 0")
+        for name in ("mask_relation", "mask_entity", "mask_other"):
+            _check(0 <= getattr(self, name) <= 1, name, "must be a probability in [0, 1]")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.tau > 0, "tau", "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _check(self.batch_size >= self.train.num_workers, "batch_size",
+               "must be at least train.num_workers (it is split across workers)")
+        _check(self.precision not in ("bf16", "fp16") or self.strategy == "deepspeed"
+               or self.precision == "bf16", "precision",
+               "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
+
+
 BACKENDS = ("auto", "vllm", "hf", "http")
 
 
