@@ -1,0 +1,91 @@
+"""The original TKRE code's way of doing a stage, kept only to measure ours against it.
+
+MSLM as released: a transformers Trainer over a masked-LM model, every text padded to 128
+sub-tokens, entities located per item by searching the sub-token sequence of the entity string
+(first match) inside the encoded text, masks drawn per item, vocabulary logits at every position.
+Nothing in the product uses this module; `jobs/bench.py` runs it side by side with ours.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from tkre.pretrain.masking import TextExample
+
+FIXED_LENGTH = 128
+
+
+def _find(sequence: list[int], part: list[int]) -> int:
+    """First index of `part` in `sequence`, or -1 (the released code's sub-token search)."""
+    for start in range(len(sequence) - len(part) + 1):
+        if part and sequence[start:start + len(part)] == part:
+            return start
+    return -1
+
+
+class OriginalMSLMDataset(torch.utils.data.Dataset):
+    """Per item: encode padded to 128, search both entities, draw the masks."""
+
+    def __init__(self, tokenizer, examples: list[TextExample], probs=(0.8, 0.5, 0.2)):
+        self.tokenizer, self.examples, self.probs = tokenizer, examples, probs
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        ex = self.examples[index]
+        enc = self.tokenizer(ex.text, padding="max_length", truncation=True,
+                             max_length=FIXED_LENGTH)
+        ids = enc["input_ids"]
+        head = self.tokenizer.encode(ex.text[slice(*ex.head)], add_special_tokens=False)
+        tail = self.tokenizer.encode(ex.text[slice(*ex.tail)], add_special_tokens=False)
+        h, t = _find(ids, head), _find(ids, tail)
+        p_relation, p_entity, p_other = self.probs
+        special = set(self.tokenizer.all_special_ids)
+        prob = torch.tensor([0.0 if i in special else p_other for i in ids])
+        if h >= 0:
+            prob[h:h + len(head)] = p_entity
+        if t >= 0:
+            prob[t:t + len(tail)] = p_entity
+        if h >= 0 and t >= 0:
+            lo, hi = sorted(((h, len(head)), (t, len(tail))))
+            prob[lo[0] + lo[1]:hi[0]] = p_relation
+        input_ids = torch.tensor(ids)
+        selected = torch.bernoulli(prob).bool()
+        labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+        input_ids[selected] = self.tokenizer.mask_token_id
+        return {"input_ids": input_ids, "attention_mask": torch.tensor(enc["attention_mask"]),
+                "labels": labels}
+
+
+def run_original_mslm(encoder_dir: str, examples: list[TextExample], steps: int,
+                      batch_size: int = 16, lr: float = 2e-5) -> dict:
+    """Train MSLM the released way for `steps` steps; samples/s as the Trainer measures it."""
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    model = AutoModelForMaskedLM.from_pretrained(encoder_dir)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size,
+                                 max_steps=steps, learning_rate=lr, weight_decay=0.01,
+                                 report_to=[], save_strategy="no", logging_steps=10**6,
+                                 use_cpu=not torch.cuda.is_available(),
+                                 dataloader_num_workers=0, remove_unused_columns=False,
+                                 disable_tqdm=True, seed=42)
+        trainer = Trainer(model=model, args=args,
+                          train_dataset=OriginalMSLMDataset(tokenizer, examples))
+        started = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - started
+    return {"steps": steps, "batch_size": batch_size, "wall_s": wall,
+            "samples_per_s": steps * batch_size / wall,
+            "trainer_samples_per_s": output.metrics.get("train_samples_per_second"),
+            "final_loss": output.training_loss}
