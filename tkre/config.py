@@ -183,6 +183,13 @@ class PretrainConfig:
     mask_other: float = _help("masking probability of the other tokens", default=0.2)
     mslm_synthetic: bool = _help("stage 1 also trains on the synthetic sentences",
                                  default=True)
+    use_explanations: bool = _help("train on the EDKG explanations (off: the no-EDKG ablation)",
+                                   default=True)
+    use_synthetic: bool = _help("train on the SCDG sentences (off: the no-SCDG ablation)",
+                                default=True)
+    scl_init: str = _help("stage 2 starts from stage 1's encoder ('mslm') or from --encoder "
+                          "('encoder': with --lambda-mslm 0, the no-MSLM ablation)",
+                          default="mslm")
     tau: float = _help("SCL temperature", default=0.1)
     lambda_mslm: float = _help("weight of the MSLM loss in stage 2", default=1.0)
     lambda_scl: float = _help("weight of the SCL loss in stage 2", default=1.0)
@@ -211,6 +218,7 @@ class PretrainConfig:
         _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        _check(self.scl_init in ("mslm", "encoder"), "scl_init", "must be mslm or encoder")
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "negative_max_len"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")

@@ -58,14 +58,15 @@ def knowledge_present(root: str) -> bool:
     return storage.exists(storage.join(root, "knowledge", "stats.json"))
 
 
-def stage_texts(stage: str, root: str, gold: list[Instance], include_synthetic: bool
+def stage_texts(stage: str, root: str, gold: list[Instance], mslm_synthetic: bool = True,
+                use_explanations: bool = True, use_synthetic: bool = True
                 ) -> tuple[list[TextExample], dict[str, int]]:
     """The stage's texts and how many came from each source."""
-    explained = explanations(root)
-    generated = [from_instance(inst) for inst in synthetic(root)]
+    explained = explanations(root) if use_explanations else []
+    generated = [from_instance(inst) for inst in synthetic(root)] if use_synthetic else []
     if stage == "mslm":
         parts = {"explanations": explained,
-                 "synthetic": generated if include_synthetic else []}
+                 "synthetic": generated if mslm_synthetic else []}
     else:
         parts = {"synthetic": generated, "gold": [from_instance(inst) for inst in gold],
                  "explanations": explained}

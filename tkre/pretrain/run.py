@@ -65,7 +65,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
 
 def starting_encoder(cfg: PretrainConfig, stage: str) -> str:
-    if stage == "mslm":
+    if stage == "mslm" or cfg.scl_init == "encoder":
         return resolve_model(cfg.encoder)
     previous = model_dir(cfg.root, "mslm")
     if not storage.exists(storage.join(previous, "config.json")):
@@ -86,7 +86,8 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
         return storage.read_json(storage.join(stage_dir(cfg.root, stage), "metrics.json"))
     encoder = starting_encoder(cfg, stage)
     relations = scl_relations(splits) if stage == "scl" else []
-    texts, counts = data.stage_texts(stage, cfg.root, splits.train, cfg.mslm_synthetic)
+    texts, counts = data.stage_texts(stage, cfg.root, splits.train, cfg.mslm_synthetic,
+                                     cfg.use_explanations, cfg.use_synthetic)
     if len(texts) < cfg.train.num_workers:
         raise DataError(f"stage {stage} has {len(texts)} training texts ({counts}), fewer than "
                         f"the {cfg.train.num_workers} workers; generate knowledge first "
