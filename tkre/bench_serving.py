@@ -83,12 +83,14 @@ def load_test(port: int, bodies: list[bytes], concurrency: int) -> dict[str, flo
 
 def bench_serving(root: str, concurrency: Sequence[int] = (1, 8, 32),
                   requests_per_level: int = 200, max_batch_size: int = 32,
-                  batch_wait_timeout_s: float = 0.01, num_cpus: float = 1.0,
+                  batch_wait_timeout_s: float = 0.01, num_cpus: float = 2.0,
                   warmup: int = 20) -> dict[str, Any]:
     """{"batched": [...], "per_request": [...]} rows per concurrency level, plus the setup.
 
     Starts Serve on a free 127.0.0.1 port inside the current Ray session (a local one when
-    none is running) and shuts Serve down at the end.
+    none is running) and shuts Serve down at the end. `num_cpus` is the replica's CPU share and
+    so its torch thread count (Ray sets OMP_NUM_THREADS from it): with 1, one batch at a time
+    runs on one core while concurrent per-request calls spread over all of them.
     """
     from ray import serve
 

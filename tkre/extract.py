@@ -112,7 +112,7 @@ def _entity(value: Any, where: str, text: str | None, tokens: list[str],
     if text is not None:
         if start < 0 or start >= len(text):
             raise field_error(f"character offset {start} is outside the text's {len(text)} "
-                        "characters", f"{where}.start")
+                              "characters", f"{where}.start")
         return span_from_chars(text, offsets, tokens, start, end, kind or None, field=where)
     if not 0 <= start < end <= len(tokens):
         raise field_error(f"token span [{start}, {end}) is not inside the {len(tokens)} tokens",
@@ -125,14 +125,14 @@ def _words(item: dict, where: str, limits: Limits
     """(text or None, tokens, character offsets) of a text-form or token-form item."""
     if ("text" in item) == ("tokens" in item):
         raise field_error("give exactly one of text (character offsets) or tokens (token spans)",
-                    f"{where}.text")
+                          f"{where}.text")
     if "text" in item:
         text = item["text"]
         if not isinstance(text, str) or not text.strip():
             raise field_error("must be a non-empty string", f"{where}.text")
         if len(text) > limits.max_text_chars:
             raise field_error(f"has {len(text)} characters; the limit is {limits.max_text_chars}",
-                        f"{where}.text")
+                              f"{where}.text")
         tokens, offsets = tokenize_with_offsets(text)
         if not tokens:
             raise field_error("holds no word or punctuation token", f"{where}.text")
@@ -171,14 +171,14 @@ def parse_item(item: Any, where: str = "item", limits: Limits = Limits(),
         for role in ("head", "tail"):
             if role not in item:
                 raise field_error("is required" + (" (or give entities)" if allow_entities else ""),
-                            f"{where}.{role}")
+                                  f"{where}.{role}")
         head = _entity(item["head"], f"{where}.head", text, tokens, offsets)
         tail = _entity(item["tail"], f"{where}.tail", text, tokens, offsets)
         return ParsedItem([_instance(where, tokens, head, tail, relation, where)], where)
     entities = item["entities"]
     if not isinstance(entities, list) or not 2 <= len(entities) <= limits.max_entities:
         raise field_error(f"must be a list of 2 to {limits.max_entities} entities",
-                    f"{where}.entities")
+                          f"{where}.entities")
     spans = [_entity(e, f"{where}.entities[{i}]", text, tokens, offsets)
              for i, e in enumerate(entities)]
     for j, b in enumerate(spans):
@@ -425,7 +425,7 @@ class Extractor:
             raise RuntimeError("this extractor has no registry folder")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise field_error("must be 1-64 characters: a letter, then letters, digits, _ . : -",
-                        "name")
+                              "name")
         if name in self.meta.labels:
             raise field_error(f"{name!r} is a trained label of this model", "name")
         if not isinstance(examples, list) or not 1 <= len(examples) <= limits.max_examples:
