@@ -1,13 +1,17 @@
-"""`ray job submit -- python jobs/pretrain.py` against a real Ray head started on 127.0.0.1.
+"""The README's `ray start` / `ray job submit -- python jobs/pretrain.py` against a real head.
 
-The head runs as `ray start --head --block` in its own process group, which the test stops
-(never `ray stop`: that would stop every Ray instance on the machine).
+The head starts with the README's `ray start` flags plus free ports (other Ray instances may run
+on this machine) and `--block`, in its own process group, which the test stops instead of the
+README's `ray stop` (that would stop every Ray instance on the machine). The job gets a small
+config (a tiny encoder, 2 steps) appended to the README's command.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,6 +30,11 @@ from tkre.config import DataConfig
 from tkre.data import datasets
 
 pytestmark = pytest.mark.integration
+
+README = (REPO / "README.md").read_text()
+BLOCK = next(b for b in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+             if b.startswith("ray start"))
+START, SUBMIT, STOP = BLOCK.strip().splitlines()
 
 
 def free_port() -> int:
@@ -54,15 +63,17 @@ def ray_head():
     gcs, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     bin_dir = Path(sys.executable).parent
+    readme_args = shlex.split(START)[2:]  # after "ray start"
+    assert "--head" in readme_args and "127.0.0.1" in readme_args and STOP == "ray stop"
     head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}",
+        [str(bin_dir / "ray"), "start", *readme_args, "--block",
+         f"--port={gcs}", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
          # own ports for the per-node agent: another Ray instance on this machine may hold the
          # defaults, and then no agent could accept the job
          f"--dashboard-agent-listen-port={free_port()}",
          f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
@@ -87,12 +98,13 @@ def test_ray_job_submit_pretrain(ray_head, tmp_path: Path):
     config = tmp_path / "small.yaml"
     config.write_text(f"root: {root}\nencoder: {encoder}\nmax_steps: 2\nbatch_size: 4\n"
                       "checkpoint_every: 2\nlog_every: 1\nstrategy: deepspeed\nzero_stage: 2\n")
-    ray = str(Path(sys.executable).parent / "ray")
+    command = shlex.split(SUBMIT.replace("http://127.0.0.1:8265", address))
+    assert command[:3] == ["ray", "job", "submit"]
+    assert command[-2:] == ["python", "jobs/pretrain.py"]
+    command = [str(Path(sys.executable).parent / "ray"), *command[1:], "--config", str(config)]
     for _ in range(10):  # the node's agent registers a few seconds after the dashboard
-        out = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--working-dir", ".", "--",
-             "python", "jobs/pretrain.py", "--config", str(config)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=900)
         if "No available agent" not in out.stderr:
             break
         time.sleep(3)

@@ -43,18 +43,65 @@ def job_commands(block: str) -> list[str]:
     return [part.strip() for part in block.split("&&") if part.strip().startswith("python jobs/")]
 
 
+# The README's main job on a budget: the same stages and models, a few LLM requests and
+# pre-training steps (the full default spends ~half an hour in the 135M LLM on 2 cores).
+SMALL_PIPELINE = """\
+generate: {explanations_per_relation: 1, synthetic_per_relation: 1, oversample: 1.0,
+           max_rounds: 1, max_tokens_explanation: 64}
+pretrain: {max_steps: 3, batch_size: 8, checkpoint_every: 3}
+"""
+
+
 @pytest.mark.integration
 @pytest.mark.real_model
 def test_readme_main_job_runs_on_the_embedded_default(tmp_path):
-    """The README's main job as written, bundled encoder; TKRE_ROOT keeps the repo clean."""
+    """The README's main job as written (bundled models, every stage), smaller LLM and
+    pre-training budgets; TKRE_ROOT keeps the repo clean."""
     env = {**os.environ, "TKRE_ROOT": str(tmp_path / "demo")}
-    for command in job_commands(bash_blocks()[0]):
-        out = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=1200)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
+    small = tmp_path / "small.yaml"
+    small.write_text(SMALL_PIPELINE)
+    commands = job_commands(bash_blocks()[0])
+    assert commands == ["python jobs/pipeline.py"]
+    out = subprocess.run(f"{commands[0]} --config {small}", shell=True, cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    root = tmp_path / "demo"
+    report = json.loads((root / "pipeline.json").read_text())
+    assert list(report["stages"]) == ["data", "knowledge", "mslm", "scl", "finetune", "evaluate"]
+    assert json.loads((root / "finetune" / "metrics.json").read_text())["encoder"].endswith(
+        "pretrain/scl/model")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
     # 8 labels, 8 examples each: a real encoder must do far better than chance (1/8)
     assert metrics["micro_f1"] > 0.4, metrics["micro_f1"]
+    # the same command again skips every stage
+    again = subprocess.run(f"{commands[0]} --config {small}", shell=True, cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((root / "pipeline.json").read_text())
+    assert all(v.get("skipped") for k, v in report["stages"].items() if k != "data")
+
+
+@pytest.mark.integration
+@pytest.mark.real_model
+def test_readme_pretrain_command_runs(tmp_path):
+    """The README's pre-training example (bundled encoder, DeepSpeed ZeRO-2 on 2 workers), on
+    knowledge artifacts written by the test instead of the LLM."""
+    from tests.pretrain_fixtures import write_knowledge
+    from tkre.config import DataConfig
+    from tkre.data import datasets
+
+    [command] = [line for block in bash_blocks() for line in block.splitlines()
+                 if line.startswith("python jobs/pretrain.py")]
+    root = tmp_path / "pretrain-demo"
+    write_knowledge(str(root), datasets.prepare(DataConfig(), str(root)).train)
+    command = command.replace("runs/pretrain-demo", str(root))
+    out = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True,
+                         timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for stage in ("mslm", "scl"):
+        metrics = json.loads((root / "pretrain" / stage / "metrics.json").read_text())
+        assert metrics["steps"] == 10 and metrics["num_workers"] == 2
+        assert metrics["zero_stage"] == 2 and metrics["samples_per_s"] > 0
 
 
 @pytest.mark.integration
