@@ -145,11 +145,13 @@ def test_written_report_has_the_required_keys_markdown_and_plots(tmp_path):
 def test_presets_fill_unset_fields_and_flags_win():
     quick = BenchConfig(quick=True, ks="8,16")
     full = BenchConfig()
-    assert quick.ks == "8,16" and quick.seeds == "13,21,42" and quick.backend == "hf"
+    assert quick.ks == "8,16" and quick.seeds == "42,13" and quick.backend == "hf"
     assert full.use_gpu and full.backend == "vllm" and full.ks == "8,16,32"
     assert len(full.seeds.split(",")) >= 3 and full.max_test is None
-    assert quick.draws()[:2] == [(8, 13), (8, 21)]
-    assert quick.variant_list == list(VARIANTS)
+    assert quick.draws() == [(8, 42), (8, 13), (16, 42), (16, 13)]
+    assert quick.variants_for(8, 42) == list(VARIANTS)
+    assert quick.variants_for(16, 13) == ["finetune_only", "tkre"]
+    assert full.variants_for(32, 100) == list(VARIANTS)
 
 
 def test_config_errors_name_the_field():

@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tkre import storage
 from tkre.bench.config import BenchConfig
@@ -47,6 +49,8 @@ PRETRAINING = {
     "no_scl": ("tkre", ("mslm",), {}),  # tkre's own stage 1, fine-tuned without stage 2
 }
 WITHOUT_SYNTHETIC = ("finetune_only", "no_scdg")
+# guard(unit name, measure) -> the result, or None after recording the failure
+Guard = Callable[[str, Callable[[], Any]], Any]
 
 
 def draw_root(cfg: BenchConfig, k: int, seed: int) -> str:
@@ -71,7 +75,8 @@ def generate_config(cfg: BenchConfig, root: str, data: DataConfig) -> GenerateCo
         explanations_per_relation=cfg.explanations_per_relation,
         synthetic_per_relation=cfg.synthetic_per_relation, oversample=cfg.oversample,
         max_rounds=cfg.max_rounds, max_tokens_explanation=cfg.max_tokens_explanation,
-        max_tokens_sample=cfg.max_tokens_sample, batch_size=cfg.generation_batch_size)
+        max_tokens_sample=cfg.max_tokens_sample, demonstrations=cfg.demonstrations,
+        batch_size=cfg.generation_batch_size)
 
 
 def knowledge_root(cfg: BenchConfig, k: int, seed: int) -> tuple[str, DataConfig]:
@@ -198,27 +203,30 @@ def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: st
             "best_epoch": finetune["best_epoch"], "data": asdict(data), **walls}
 
 
-def run_draw(cfg: BenchConfig, k: int, seed: int) -> list[dict]:
-    knowledge = ensure_knowledge(cfg, k, seed)
-    shared = cfg.share_pretraining and (k, seed) != cfg.draws()[0]
-    pretraining = {}
-    if not shared:
-        owners = sorted({PRETRAINING[v][0] for v in cfg.variant_list if PRETRAINING[v]})
-        for owner in owners:
-            pretraining[owner] = cached(cfg.root, f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}",
-                                        lambda o=owner: run_pretraining(cfg, o, k, seed,
-                                                                        knowledge))
+def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
+    """Pre-training (unless shared), then each variant; a failed unit is left to `guard`."""
+    knowledge = guard(f"knowledge-k{k}-s{seed}", lambda: ensure_knowledge(cfg, k, seed))
+    if knowledge is None:
+        return []
+    if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
+        variants = cfg.variants_for(k, seed)
+        for owner in sorted({PRETRAINING[v][0] for v in variants if PRETRAINING[v]}):
+            name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
+            guard(name, lambda o=owner, n=name: cached(
+                cfg.root, n, lambda: run_pretraining(cfg, o, k, seed, knowledge)))
     units = []
-    for variant in cfg.variant_list:
-        unit = cached(cfg.root, f"{cfg.data}-k{k}-s{seed}-{variant}",
-                      lambda v=variant: run_variant(cfg, v, k, seed, knowledge))
-        units.append(unit | {"knowledge": knowledge_summary(knowledge)})
+    for variant in cfg.variants_for(k, seed):
+        name = f"{cfg.data}-k{k}-s{seed}-{variant}"
+        unit = guard(name, lambda v=variant, n=name: cached(
+            cfg.root, n, lambda: run_variant(cfg, v, k, seed, knowledge)))
+        if unit is not None:
+            units.append(unit | {"knowledge": knowledge_summary(knowledge)})
     return units
 
 
-def run_quality(cfg: BenchConfig) -> list[dict]:
+def run_quality(cfg: BenchConfig, guard: Guard) -> list[dict]:
     """Every variant of every draw; one unit JSON each (reused on a re-run)."""
-    return [unit for k, seed in cfg.draws() for unit in run_draw(cfg, k, seed)]
+    return [unit for k, seed in cfg.draws() for unit in run_draw(cfg, k, seed, guard)]
 
 
 def fewrel_instances(cfg: BenchConfig) -> list:
@@ -241,19 +249,22 @@ def fewrel_encoders(cfg: BenchConfig) -> dict[str, str]:
     return out
 
 
-def run_fewrel(cfg: BenchConfig) -> dict[str, dict]:
-    """N-way K-shot prototype accuracy of the FewRel val_wiki relations, per encoder."""
+def fewrel_accuracy(cfg: BenchConfig, source: str) -> dict:
+    """N-way K-shot prototype accuracy of the FewRel relations with one encoder."""
     from tkre.fewshot import PairEncoder, evaluate_episodes, parse_settings
 
-    settings = parse_settings(cfg.fewrel_settings)
+    encoder = PairEncoder.load(source, device="cuda" if cfg.use_gpu else "cpu")
+    result = evaluate_episodes(encoder, fewrel_instances(cfg), parse_settings(cfg.fewrel_settings),
+                               cfg.fewrel_episodes, seed=42)
+    return result | {"encoder_source": source, "file": cfg.fewrel_file}
+
+
+def run_fewrel(cfg: BenchConfig, guard: Guard) -> dict[str, dict]:
+    """FewRel val_wiki relations as run-time relations, from the plain and pre-trained encoder."""
     out = {}
     for name, source in fewrel_encoders(cfg).items():
-        def measure(source=source) -> dict:
-            device = "cuda" if cfg.use_gpu else "cpu"
-            result = evaluate_episodes(PairEncoder.load(source, device=device),
-                                       fewrel_instances(cfg), settings, cfg.fewrel_episodes,
-                                       seed=42)
-            return result | {"encoder_source": source, "file": cfg.fewrel_file}
-        out[name] = cached(cfg.root, f"fewrel-{name}", measure)
+        result = guard(f"fewrel-{name}", lambda n=name, s=source: cached(
+            cfg.root, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s)))
+        if result is not None:
+            out[name] = result
     return out
-

@@ -23,12 +23,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     fewrel: dict[str, dict] = {}
     speed_units: dict[str, dict] = {}
     with MemoryWatch() as watch:
+        def guard(name, measure):
+            return _guard(errors, name, measure)
+
         if "quality" in cfg.part_list:
-            quality_units = _guard(errors, "quality", lambda: quality.run_quality(cfg)) or []
+            quality_units = quality.run_quality(cfg, guard)
         if "fewrel" in cfg.part_list:
-            fewrel = _guard(errors, "fewrel", lambda: quality.run_fewrel(cfg)) or {}
+            fewrel = quality.run_fewrel(cfg, guard)
         for name, measure in speed.measurements(cfg).items():
-            result = _guard(errors, name, lambda n=name, m=measure: cached(cfg.root, n, m))
+            result = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m))
             if result is not None:
                 speed_units[name] = result
     host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
