@@ -38,12 +38,10 @@ the examples of new or changed files itself.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -242,14 +240,6 @@ class Registered:
     prototype: torch.Tensor = field(repr=False)
 
 
-def _remove(uri: str) -> None:
-    if storage.is_s3(uri):
-        bucket, key = storage._split(uri)
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
-    else:
-        Path(uri).unlink(missing_ok=True)
-
-
 class RelationRegistry:
     """Run-time relations stored as ROOT/extract/relations/<name>.json, one file each."""
 
@@ -263,15 +253,8 @@ class RelationRegistry:
 
     def _listing(self) -> dict[str, Any]:
         """{file name: version marker} of the *.json files."""
-        if storage.is_s3(self.folder):
-            return {obj["Rel"]: obj["ETag"] for obj in storage._listing(self.folder)
-                    if obj["Rel"].endswith(".json") and "/" not in obj["Rel"]}
-        try:
-            with os.scandir(self.folder) as entries:
-                return {e.name: (e.stat().st_mtime_ns, e.stat().st_size) for e in entries
-                        if e.name.endswith(".json") and not e.name.startswith(".")}
-        except FileNotFoundError:
-            return {}
+        return {name: version for name, version in storage.versions(self.folder).items()
+                if name.endswith(".json") and not name.startswith(".")}
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read changed files (at most every refresh_s unless forced); True when changed."""
@@ -328,7 +311,7 @@ class RelationRegistry:
         with self._lock:
             known = name in self._entries
         if known:
-            _remove(storage.join(self.folder, f"{name}.json"))
+            storage.delete(storage.join(self.folder, f"{name}.json"))
             with self._lock:
                 self._entries.pop(name, None)
                 self._checked, self._dirty = float("-inf"), True

@@ -238,6 +238,28 @@ def list_files(uri: PathLike) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+def versions(uri: PathLike) -> dict[str, Any]:
+    """{file name: version marker} of the files directly in a folder or prefix (not deeper):
+    the ETag on S3, (mtime, size) locally. A changed marker means a changed file."""
+    if is_s3(uri):
+        return {obj["Rel"]: obj["ETag"] for obj in _listing(uri) if "/" not in obj["Rel"]}
+    try:
+        with os.scandir(uri) as entries:
+            return {e.name: (e.stat().st_mtime_ns, e.stat().st_size) for e in entries
+                    if e.is_file()}
+    except FileNotFoundError:
+        return {}
+
+
+def delete(uri: PathLike) -> None:
+    """Remove one file or object; a missing one is not an error."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        Path(uri).unlink(missing_ok=True)
+
+
 def upload_dir(local_dir: PathLike, uri: PathLike) -> None:
     """Copy every file under local_dir to uri (S3 prefix or folder), keeping relative paths."""
     if not Path(local_dir).is_dir():

@@ -76,17 +76,29 @@ def test_both_stages_zero2_two_workers_checkpoints_in_s3(ray_cluster, s3_bucket,
     assert again["mslm"]["wall_s"] == results["mslm"]["wall_s"]
 
 
-def test_injected_failure_resumes_from_checkpoint(ray_cluster, tmp_path: Path, tiny_encoder):
+def test_injected_failure_resumes_from_checkpoint_zero3(ray_cluster, tmp_path: Path,
+                                                        tiny_encoder):
+    """ZeRO-3 on 2 workers: parameters are partitioned, so resuming restores each rank's shard
+    and the export gathers the full weights."""
     root = prepared_root(str(tmp_path / "run"))
-    cfg = small(root, tiny_encoder, stage="mslm", strategy="deepspeed", zero_stage=2,
+    cfg = small(root, tiny_encoder, stage="mslm", strategy="deepspeed", zero_stage=3,
                 max_steps=5, checkpoint_every=2, fail_at_step=3,
-                train=TrainConfig(num_workers=1, max_failures=1))
+                train=TrainConfig(num_workers=2, max_failures=1))
     result = run_pretrain(cfg)["mslm"]
     assert (tmp_path / "run/pretrain/mslm/injected_failure.json").exists()
     # resumed at the step-2 checkpoint, not from zero, and ended at exactly 5 steps
     assert result["final"]["resumed_at"] == [2]
     assert result["steps"] == 5
     assert [row[0] for row in result["final"]["history"]] == [1, 2, 3, 4, 5]
+    # the gathered export has every weight at full size, and they moved from the start
+    from transformers import AutoModelForMaskedLM
+
+    start = AutoModelForMaskedLM.from_pretrained(tiny_encoder).state_dict()
+    trained = AutoModelForMaskedLM.from_pretrained(tmp_path / "run/pretrain/mslm/model")
+    for name, tensor in trained.state_dict().items():
+        assert tensor.shape == start[name].shape, name
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert not trained.state_dict()[embeddings].equal(start[embeddings])
 
 
 def test_two_workers_follow_one_worker_loss(ray_cluster, tmp_path: Path, tiny_encoder):

@@ -121,3 +121,20 @@ def test_readme_semeval_commands_run(shared_data, tmp_path):
     assert metrics["num_examples"] == 200
     assert 0.0 <= metrics["semeval_macro_f1"] <= 1.0
     assert len(metrics["per_relation"]) == 19
+
+
+@pytest.mark.real_model
+def test_readme_fewshot_eval_command_runs(shared_data, tmp_path):
+    """The README's few-shot command, on the bundled encoder and 20 episodes."""
+    [command] = [line for block in bash_blocks() for line in block.splitlines()
+                 if line.startswith("python jobs/fewshot_eval.py")]
+    command = (command.replace("runs/demo/finetune/model", "bundled-encoder")
+               .replace("--root runs/demo", f"--root {tmp_path}")
+               .replace("--episodes 500", "--episodes 20")
+               + f" --data-dir {shared_data / 'fewrel'}")
+    out = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "extract" / "fewshot_metrics.json").read_text())
+    assert set(metrics["settings"]) == {"5-way-1-shot", "5-way-5-shot"}
+    assert (tmp_path / "extract" / "calibration.json").exists()
