@@ -114,7 +114,9 @@ def run_original_generation(model_dir: str, conversations: list[list[dict]],
         text = out[0]["generated_text"]
         if isinstance(text, list):  # chat input: the reply comes back as a message
             text = text[-1]["content"]
-        tokens += len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # re-tokenised text can exceed the budget where bytes merge differently; cap it
+        tokens += min(max_new_tokens,
+                      len(generator.tokenizer(text, add_special_tokens=False)["input_ids"]))
     generate_s = time.perf_counter() - generate_started
     wall = time.perf_counter() - started
     return {"rows": len(conversations), "tokens": tokens, "load_s": load_s,

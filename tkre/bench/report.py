@@ -135,8 +135,12 @@ def _si(value: float | None) -> str:
 def conditions(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    load = max(m["load_average_1m"], m.get("load_average_1m_end", 0.0))
+    shared = (" (above the core count: the machine was shared, timings are noisy)"
+              if load > m["cores"] else "")
     return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, GPU "
-            f"{m['gpu'] or 'none'}; load average at start {m['load_average_1m']:.1f}. "
+            f"{m['gpu'] or 'none'}; 1-minute load average {m['load_average_1m']:.1f} at the "
+            f"start, {m.get('load_average_1m_end', float('nan')):.1f} at the end{shared}. "
             f"Versions: {versions}. Preset `{s['preset']}`.")
 
 

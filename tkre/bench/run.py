@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -35,6 +36,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             if result is not None:
                 speed_units[name] = result
     host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
+    host["load_average_1m_end"] = os.getloadavg()[0]
     out = report.build_report(cfg.settings(), host, cfg.data, quality_units, fewrel,
                               speed_units, errors, time.perf_counter() - started)
     paths = report.write_report(out, cfg.root, cfg.data)
