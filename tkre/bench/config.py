@@ -28,7 +28,7 @@ QUICK = {
     "encoder": "bundled-encoder", "generator": "bundled-generator", "backend": "hf",
     "num_gpus": 0.0, "use_gpu": False, "share_knowledge": True, "share_pretraining": True,
     "explanations_per_relation": 1, "synthetic_per_relation": 1, "oversample": 1.0,
-    "max_rounds": 1, "max_tokens_explanation": 48, "max_tokens_sample": 128,
+    "max_rounds": 1, "max_tokens_explanation": 40, "max_tokens_sample": 96,
     "demonstrations": 2, "generation_batch_size": 18,
     "pretrain_steps": 12, "pretrain_batch_size": 8, "pretrain_max_length": 64,
     "pretrain_lr": 5e-5, "strategy": "ddp", "precision": "fp32",

@@ -109,12 +109,14 @@ def copy_knowledge(source_root: str, target_root: str) -> None:
 
 
 def knowledge_summary(root: str) -> dict:
+    """Accepted / requested counts of the knowledge every variant of a draw used."""
     stats = storage.read_json(storage.join(root, "knowledge", "stats.json"))
-    return {"explanations_accepted": stats["explanations"]["accepted"],
-            "explanations_requested": stats["explanations"]["requested"],
-            "synthetic_accepted": stats["totals"]["accepted"],
-            "synthetic_requested": stats["totals"]["requested"],
-            "generation": stats.get("generation", {})}
+    explained, totals = stats.get("explanations", {}), stats.get("totals", {})
+    return {"explanations_accepted": explained.get("accepted"),
+            "explanations_requested": explained.get("requested"),
+            "synthetic_accepted": totals.get("accepted"),
+            "synthetic_requested": totals.get("requested"),
+            "generation": stats.get("generation", {}), "root": root}
 
 
 def pretrain_config(cfg: BenchConfig, root: str, data: DataConfig, stage: str,
@@ -220,8 +222,21 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         unit = guard(name, lambda v=variant, n=name: cached(
             cfg.root, n, lambda: run_variant(cfg, v, k, seed, knowledge)))
         if unit is not None:
-            units.append(unit | {"knowledge": knowledge_summary(knowledge)})
+            units.append(unit | {"knowledge": knowledge_summary(knowledge),
+                                 "notes": pretraining_notes(cfg, variant, k, seed)})
     return units
+
+
+def pretraining_notes(cfg: BenchConfig, variant: str, k: int, seed: int) -> list[str]:
+    """What the variant's pre-training had to leave out (e.g. stage 1 without texts)."""
+    from tkre.bench.units import unit_path
+
+    if PRETRAINING[variant] is None:
+        return []
+    source = cfg.draws()[0] if cfg.share_pretraining else (k, seed)
+    path = unit_path(cfg.root, f"pretrain-{cfg.data}-k{source[0]}-s{source[1]}-"
+                               f"{PRETRAINING[variant][0]}")
+    return storage.read_json(path).get("notes", []) if storage.exists(path) else []
 
 
 def run_quality(cfg: BenchConfig, guard: Guard) -> list[dict]:

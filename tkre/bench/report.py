@@ -166,8 +166,12 @@ def quality_markdown(report: dict, data: str) -> list[str]:
                 f"{_f(row['micro_f1_mean'])} ± {_f(row['micro_f1_std'])} | "
                 f"{_f(row['semeval_macro_f1_mean'])} ± {_f(row['semeval_macro_f1_std'])} | "
                 f"{row['test_examples']} |")
+    notes = sorted({f"{u['variant']}: {note}" for u in report["quality"].get("units", [])
+                    for note in u.get("notes", [])})
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
     knowledge = report["quality"].get("knowledge")
-    if knowledge:
+    if knowledge and knowledge["explanations_accepted"] is not None:
         lines += ["", f"Knowledge: {knowledge['explanations_accepted']}/"
                       f"{knowledge['explanations_requested']} explanations and "
                       f"{knowledge['synthetic_accepted']}/{knowledge['synthetic_requested']} "
