@@ -52,3 +52,24 @@ def test_knowledge_is_shared_or_per_draw(tmp_path):
     assert root.endswith("knowledge-shared") and (data.k, data.seed) == (8, 1)
     root, data = knowledge_root(per_draw, 16, 1)
     assert root.startswith(draw_root(per_draw, 16, 1)) and data.k == 16
+
+
+def test_accuracy_only_scores_the_same_episodes_without_calibration():
+    import torch
+    import torch.nn.functional as F
+
+    from tkre.bench.quality import accuracy_only
+
+    class Item:
+        def __init__(self, relation: str):
+            self.relation = relation
+
+    class OneHot:  # a perfect encoder: one direction per relation
+        def embed(self, items):
+            return F.normalize(torch.stack([F.one_hot(torch.tensor(int(i.relation[1:])), 6)
+                                            .float() for i in items]), dim=-1)
+
+    items = [Item(f"r{r}") for r in range(6) for _ in range(7)]
+    result = accuracy_only(OneHot(), items, [(5, 1), (5, 5)], episodes=4, seed=42)
+    assert set(result["settings"]) == {"5-way-1-shot", "5-way-5-shot"}
+    assert all(row["accuracy"] == 1.0 for row in result["settings"].values())
