@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tkre import storage
+from tkre.bench.config import VARIANTS
 
 # std over seeds: population std (ddof 0), as LM-BFF-style few-shot tables report it
 STD_DDOF = 0
@@ -29,7 +30,9 @@ def aggregate_quality(units: list[dict]) -> dict:
     for unit in units:
         groups[(unit["k"], unit["variant"])].append(unit)
     out: dict[str, dict] = {}
-    for (k, variant), rows in sorted(groups.items()):
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    for (k, variant), rows in sorted(groups.items(), key=lambda g: (g[0][0],
+                                                                     order.get(g[0][1], 99))):
         rows = sorted(rows, key=lambda r: r["seed"])
         entry = {"seeds": [r["seed"] for r in rows], "n_seeds": len(rows),
                  "test_examples": rows[0]["test_examples"],
