@@ -161,3 +161,19 @@ def test_config_errors_name_the_field():
         BenchConfig(quick=True, variants="tkre,no_magic")
     with pytest.raises(ConfigError, match="^extra_points"):
         BenchConfig(quick=True, extra_points="16")
+
+
+def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
+    from tkre.bench.run import run_bench
+    from tkre.bench.units import unit_path
+    from tkre.storage import write_json
+
+    cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", report_only=True,
+                      seeds="1", extra_points="")
+    unit = {"variant": "tkre", "k": 8, "seed": 1, "micro_f1": 0.5, "test_examples": 40}
+    write_json(unit_path(str(tmp_path), "demo-k8-s1-tkre"), unit)
+    report = run_bench(cfg)
+    assert report["quality"]["demo"]["8"]["tkre"]["micro_f1_mean"] == 0.5
+    assert "demo-k8-s1-finetune_only" in report["errors"]
+    assert all("not measured" in message for message in report["errors"].values())
+    assert (tmp_path / "bench" / "report.md").exists()

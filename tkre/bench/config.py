@@ -83,6 +83,8 @@ class BenchConfig:
                       "measured unit, reused on a re-run", default="runs/bench")
     quick: bool = _help("the quick preset (2-core CPU, < 20 min) instead of the full one "
                         "(GPU node)", default=False)
+    report_only: bool = _help("measure nothing: write the report from the units already "
+                              "stored under ROOT (missing ones are listed)", default=False)
     parts: str = _help(f"comma-separated parts to run: {','.join(PARTS)}",
                        default=",".join(PARTS))
     data: str = _help("quality data set: semeval (the benchmark) or demo (smoke tests)",

@@ -207,7 +207,10 @@ def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: st
 
 def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
     """Pre-training (unless shared), then each variant; a failed unit is left to `guard`."""
-    knowledge = guard(f"knowledge-k{k}-s{seed}", lambda: ensure_knowledge(cfg, k, seed))
+    if cfg.report_only:
+        knowledge = knowledge_root(cfg, k, seed)[0]
+    else:
+        knowledge = guard(f"knowledge-k{k}-s{seed}", lambda: ensure_knowledge(cfg, k, seed))
     if knowledge is None:
         return []
     if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
@@ -215,14 +218,16 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         for owner in sorted({PRETRAINING[v][0] for v in variants if PRETRAINING[v]}):
             name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
             guard(name, lambda o=owner, n=name: cached(
-                cfg.root, n, lambda: run_pretraining(cfg, o, k, seed, knowledge)))
+                cfg.root, n, lambda: run_pretraining(cfg, o, k, seed, knowledge),
+                cfg.report_only))
     units = []
     for variant in cfg.variants_for(k, seed):
         name = f"{cfg.data}-k{k}-s{seed}-{variant}"
         unit = guard(name, lambda v=variant, n=name: cached(
-            cfg.root, n, lambda: run_variant(cfg, v, k, seed, knowledge)))
+            cfg.root, n, lambda: run_variant(cfg, v, k, seed, knowledge), cfg.report_only))
         if unit is not None:
-            units.append(unit | {"knowledge": knowledge_summary(knowledge),
+            summary = knowledge_summary(knowledge) if knowledge_done(knowledge) else None
+            units.append(unit | {"knowledge": summary,
                                  "notes": pretraining_notes(cfg, variant, k, seed)})
     return units
 
@@ -313,7 +318,7 @@ def run_fewrel(cfg: BenchConfig, guard: Guard) -> dict[str, dict]:
     out = {}
     for name, source in fewrel_encoders(cfg).items():
         result = guard(f"fewrel-{name}", lambda n=name, s=source: cached(
-            cfg.root, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s)))
+            cfg.root, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s), cfg.report_only))
         if result is not None:
             out[name] = result
     return out

@@ -237,7 +237,7 @@ def markdown(report: dict, data: str) -> str:
     lines += quality_markdown(report, data) + [""] + fewrel_markdown(report) + [""]
     lines += speed_markdown(report)
     if report["errors"]:
-        lines += ["", "## Units that failed", ""]
+        lines += ["", "## Units missing or failed", ""]
         lines += [f"- `{name}`: {message}" for name, message in report["errors"].items()]
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,7 @@ import traceback
 
 from tkre.bench import quality, report, speed
 from tkre.bench.config import BenchConfig
-from tkre.bench.units import cached, machine
+from tkre.bench.units import NotMeasured, cached, machine
 from tkre.pipeline import MemoryWatch
 
 
@@ -18,7 +18,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     started = time.perf_counter()
     host = machine()
-    init_ray()
+    if not cfg.report_only:
+        init_ray()
     errors: dict[str, str] = {}
     quality_units: list[dict] = []
     fewrel: dict[str, dict] = {}
@@ -32,7 +33,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         if "fewrel" in cfg.part_list:
             fewrel = quality.run_fewrel(cfg, guard)
         for name, measure in speed.measurements(cfg).items():
-            result = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m))
+            result = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m,
+                                                                  cfg.report_only))
             if result is not None:
                 speed_units[name] = result
     host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
@@ -50,6 +52,9 @@ def _guard(errors: dict, name: str, measure):
     """Run one part; a failure is recorded (and printed) instead of ending the bench."""
     try:
         return measure()
+    except NotMeasured as err:
+        errors[name] = str(err)
+        return None
     except Exception as err:  # noqa: BLE001 - one broken unit must not cost the others
         traceback.print_exc()
         errors[name] = f"{type(err).__name__}: {err}"

@@ -21,12 +21,18 @@ def unit_path(root: str, name: str) -> str:
     return storage.join(root, "bench", "units", f"{name}.json")
 
 
-def cached(root: str, name: str, measure: Callable[[], dict]) -> dict:
+class NotMeasured(RuntimeError):
+    """A report-only run met a unit that has no stored result."""
+
+
+def cached(root: str, name: str, measure: Callable[[], dict], reuse_only: bool = False) -> dict:
     """The unit's stored result, or measure it now and store it (written only on success)."""
     path = unit_path(root, name)
     if storage.exists(path):
         print(f"[bench] {name}: reused {path}", flush=True)
         return storage.read_json(path)
+    if reuse_only:
+        raise NotMeasured("not measured yet (report-only run)")
     print(f"[bench] {name}: measuring", flush=True)
     started = time.perf_counter()
     result = measure()
