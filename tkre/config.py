@@ -231,8 +231,7 @@ class PretrainConfig:
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.batch_size >= self.train.num_workers, "batch_size",
                "must be at least train.num_workers (it is split across workers)")
-        _check(self.precision not in ("bf16", "fp16") or self.strategy == "deepspeed"
-               or self.precision == "bf16", "precision",
+        _check(not (self.precision == "fp16" and self.strategy == "ddp"), "precision",
                "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
 
 
