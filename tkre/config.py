@@ -236,6 +236,7 @@ class PretrainConfig:
 
 
 BACKENDS = ("auto", "vllm", "hf", "http")
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -276,6 +277,9 @@ class GenerateConfig:
     accelerator_type: str | None = _help("GPU kind for the generator stage (e.g. H100)",
                                          default=None)
     max_model_len: int = _help("vLLM context length", default=2048)
+    dtype: str = _help("vLLM weights dtype: auto (bfloat16 on a GPU or a CPU with bf16 "
+                       "instructions, else float32), bfloat16, float16, float32",
+                       default="auto")
     http_url: str | None = _help(
         "OpenAI-compatible chat completions URL (backend http); default: $TKRE_LLM_URL",
         default=None)
@@ -307,6 +311,7 @@ class GenerateConfig:
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.max_words >= self.min_words, "max_words", "must be >= min_words")
         _check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+        _check(self.dtype in VLLM_DTYPES, "dtype", f"must be one of {VLLM_DTYPES}")
         _check(isinstance(self.relation_schemas, dict), "relation_schemas",
                "must be a mapping of relation: {description, head_types, tail_types}")
 

@@ -38,3 +38,14 @@ def test_vllm_cpu_environment_uses_every_core_on_loopback():
     env = backends._vllm_env(GenerateConfig())
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_HOST_IP"] == "127.0.0.1"
     assert backends._vllm_env(GenerateConfig(num_gpus=1)) == {}
+
+
+def test_vllm_dtype_is_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    assert backends.vllm_dtype(GenerateConfig()) == "float32"
+    assert backends.vllm_dtype(GenerateConfig(num_gpus=1)) == "bfloat16"
+    assert backends.vllm_dtype(GenerateConfig(dtype="bfloat16")) == "bfloat16"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    assert backends.vllm_dtype(GenerateConfig()) == "bfloat16"
+    with pytest.raises(ValueError, match="^dtype:"):
+        GenerateConfig(dtype="int8")

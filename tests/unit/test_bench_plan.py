@@ -73,3 +73,36 @@ def test_accuracy_only_scores_the_same_episodes_without_calibration():
     result = accuracy_only(OneHot(), items, [(5, 1), (5, 5)], episodes=4, seed=42)
     assert set(result["settings"]) == {"5-way-1-shot", "5-way-5-shot"}
     assert all(row["accuracy"] == 1.0 for row in result["settings"].values())
+
+
+def test_an_ablation_of_knowledge_the_generator_never_gave_reuses_tkre(tmp_path, monkeypatch):
+    """0 accepted synthetic sentences: no_scdg is tkre's run (no second pre-training or
+    fine-tuning, a note says why); explanations were accepted, so no_edkg runs for real."""
+    from tkre import storage
+    from tkre.bench import quality
+    from tkre.bench.run import _guard
+
+    cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="1",
+                      extra_points="")
+    knowledge, _ = knowledge_root(cfg, 8, 1)
+    storage.write_json(storage.join(knowledge, "knowledge", "stats.json"), {
+        "explanations": {"accepted": 3, "requested": 4}, "totals": {"accepted": 0,
+                                                                   "requested": 5}})
+    pretrained, fine_tuned = [], []
+    monkeypatch.setattr(quality, "run_pretraining",
+                        lambda cfg, owner, k, seed, knowledge: pretrained.append(owner) or {})
+    monkeypatch.setattr(quality, "run_variant", lambda cfg, variant, k, seed, knowledge:
+                        fine_tuned.append(variant) or {"variant": variant, "k": k, "seed": seed,
+                                                       "micro_f1": 0.1 * len(fine_tuned)})
+    errors: dict = {}
+    units = quality.run_draw(cfg, 8, 1, lambda name, fn: _guard(errors, name, fn))
+
+    assert errors == {}
+    assert "no_scdg" not in pretrained and {"tkre", "no_edkg", "no_mslm"} <= set(pretrained)
+    assert "no_scdg" not in fine_tuned and "no_edkg" in fine_tuned
+    by_variant = {u["variant"]: u for u in units}
+    assert set(by_variant) == set(VARIANTS)
+    assert by_variant["no_scdg"]["micro_f1"] == by_variant["tkre"]["micro_f1"]
+    assert by_variant["no_scdg"]["same_as"] == "tkre"
+    assert "no accepted synthetic sentence" in by_variant["no_scdg"]["notes"][0]
+    assert "same_as" not in by_variant["no_edkg"]

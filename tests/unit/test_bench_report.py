@@ -136,10 +136,40 @@ def test_written_report_has_the_required_keys_markdown_and_plots(tmp_path):
     assert data["machine"]["cpu"] == "Fake CPU" and data["settings"]["preset"] == "quick"
     text = (tmp_path / "bench" / "report.md").read_text()
     assert "| 8 | tkre | 13,21,42 |" in text and "Fake CPU" in text and "speed-x" in text
-    assert "Quick preset" in text
+    assert "Quick preset" in text and "## Against the paper's claims" in text
+    assert {c["compared"] for c in data["quality"]["claims"]} >= {"tkre - finetune_only",
+                                                                  "tkre - no_scl"}
     for name in ("f1_vs_k", "speed"):
         assert paths[name].endswith(".png")
         assert open(paths[name], "rb").read(4) == b"\x89PNG"
+
+
+def unit(variant: str, seed: int, f1: float, **extra) -> dict:
+    return {"variant": variant, "k": 8, "seed": seed, "micro_f1": f1,
+            "semeval_macro_f1": f1, "test_examples": 100, **extra}
+
+
+def test_claims_compare_tkre_with_each_variant_against_the_seed_noise():
+    from tkre.bench.report import check_claims
+
+    units = [unit("finetune_only", 1, 0.40), unit("finetune_only", 2, 0.42),  # std 0.01
+             unit("tkre", 1, 0.50), unit("tkre", 2, 0.52),                    # std 0.01
+             unit("no_edkg", 1, 0.505),       # one seed: noise borrowed, sqrt(2)*0.01
+             unit("no_mslm", 1, 0.60),
+             unit("no_scdg", 1, 0.51, same_as="tkre")]
+    claims = {c["compared"]: c for c in check_claims(aggregate_quality(units))}
+    baseline = claims["tkre - finetune_only"]
+    assert baseline["micro_f1_delta"] == pytest.approx(0.10)
+    assert baseline["noise"] == pytest.approx(math.hypot(0.01, 0.01))
+    assert baseline["verdict"] == "holds"
+    assert claims["tkre - no_edkg"]["noise"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert claims["tkre - no_edkg"]["verdict"] == "within noise"
+    assert claims["tkre - no_mslm"]["verdict"] == "contradicted"
+    assert claims["tkre - no_scdg"]["verdict"].startswith("not tested")
+    assert "tkre - no_scl" not in claims
+
+    alone = check_claims(aggregate_quality([unit("tkre", 1, 0.5), unit("no_scl", 1, 0.4)]))
+    assert alone[0]["noise"] is None and alone[0]["verdict"].startswith("holds (one seed")
 
 
 def test_presets_fill_unset_fields_and_flags_win():

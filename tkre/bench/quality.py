@@ -205,6 +205,23 @@ def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: st
             "best_epoch": finetune["best_epoch"], "data": asdict(data), **walls}
 
 
+def same_as(variant: str, variants: list[str], knowledge: str) -> str | None:
+    """The variant whose measurement this one equals, given the knowledge generated.
+
+    Removing a knowledge source the generator produced nothing of changes no input: without a
+    single accepted synthetic sentence, no_scdg pre-trains and fine-tunes on exactly tkre's
+    texts with tkre's seeds (measured: identical F1), and likewise no_edkg without an accepted
+    explanation. Such a variant reuses tkre's figures, with a note, instead of a second run.
+    """
+    if variant not in ("no_scdg", "no_edkg") or "tkre" not in variants:
+        return None
+    if not knowledge_done(knowledge):
+        return None
+    summary = knowledge_summary(knowledge)
+    source = "synthetic_accepted" if variant == "no_scdg" else "explanations_accepted"
+    return "tkre" if summary[source] == 0 else None
+
+
 def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
     """Pre-training (unless shared), then each variant; a failed unit is left to `guard`."""
     if cfg.report_only:
@@ -213,23 +230,43 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         knowledge = guard(f"knowledge-k{k}-s{seed}", lambda: ensure_knowledge(cfg, k, seed))
     if knowledge is None:
         return []
+    variants = cfg.variants_for(k, seed)
+    aliases = {v: same_as(v, variants, knowledge) for v in variants}
     if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
-        variants = cfg.variants_for(k, seed)
-        for owner in sorted({PRETRAINING[v][0] for v in variants if PRETRAINING[v]}):
+        owners = {PRETRAINING[v][0] for v in variants if PRETRAINING[v] and not aliases[v]}
+        for owner in sorted(owners):
             name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
             guard(name, lambda o=owner, n=name: cached(
                 cfg.root, n, lambda: run_pretraining(cfg, o, k, seed, knowledge),
                 cfg.report_only))
-    units = []
-    for variant in cfg.variants_for(k, seed):
+    units, measured = [], {}
+    for variant in variants:
         name = f"{cfg.data}-k{k}-s{seed}-{variant}"
-        unit = guard(name, lambda v=variant, n=name: cached(
-            cfg.root, n, lambda: run_variant(cfg, v, k, seed, knowledge), cfg.report_only))
+        if aliases[variant]:
+            def measure(v=variant, same=aliases[variant]):
+                if same not in measured:
+                    raise RuntimeError(f"{v} reuses {same}'s measurement, which failed")
+                return measured[same] | {"variant": v, "same_as": same}
+        else:
+            def measure(v=variant):
+                return run_variant(cfg, v, k, seed, knowledge)
+        unit = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m, cfg.report_only))
         if unit is not None:
+            measured[variant] = unit
             summary = knowledge_summary(knowledge) if knowledge_done(knowledge) else None
             units.append(unit | {"knowledge": summary,
-                                 "notes": pretraining_notes(cfg, variant, k, seed)})
+                                 "notes": variant_notes(cfg, unit, k, seed)})
     return units
+
+
+def variant_notes(cfg: BenchConfig, unit: dict, k: int, seed: int) -> list[str]:
+    """What the variant's measurement left out or reused, for the report."""
+    variant = unit["variant"]
+    if unit.get("same_as"):
+        missing = "synthetic sentence" if variant == "no_scdg" else "explanation"
+        return [f"same run as {unit['same_as']}: the generator's knowledge has no accepted "
+                f"{missing}, so removing it changes no input"]
+    return pretraining_notes(cfg, variant, k, seed)
 
 
 def pretraining_notes(cfg: BenchConfig, variant: str, k: int, seed: int) -> list[str]:

