@@ -162,6 +162,9 @@ def test_claims_compare_tkre_with_each_variant_against_the_seed_noise():
     assert baseline["micro_f1_delta"] == pytest.approx(0.10)
     assert baseline["noise"] == pytest.approx(math.hypot(0.01, 0.01))
     assert baseline["verdict"] == "holds"
+    # compared on the seed both ran (tkre's seed-1 F1, not its 2-seed mean)
+    assert claims["tkre - no_edkg"]["micro_f1_delta"] == pytest.approx(-0.005)
+    assert claims["tkre - no_edkg"]["seeds"] == [1]
     assert claims["tkre - no_edkg"]["noise"] == pytest.approx(math.sqrt(2) * 0.01)
     assert claims["tkre - no_edkg"]["verdict"] == "within noise"
     assert claims["tkre - no_mslm"]["verdict"] == "contradicted"
@@ -207,3 +210,9 @@ def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
     assert "demo-k8-s1-finetune_only" in report["errors"]
     assert all("not measured" in message for message in report["errors"].values())
     assert (tmp_path / "bench" / "report.md").exists()
+    # a second rebuild keeps the machine the units were measured on, not the rebuilding one
+    previous = json.loads((tmp_path / "bench" / "report.json").read_text())
+    previous["machine"]["cpu"] = "Measuring CPU"
+    write_json(str(tmp_path / "bench" / "report.json"), previous)
+    assert run_bench(cfg)["machine"]["cpu"] == "Measuring CPU"
+    assert "Measuring CPU" in (tmp_path / "bench" / "report.md").read_text()

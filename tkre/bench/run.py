@@ -6,6 +6,7 @@ import os
 import time
 import traceback
 
+from tkre import storage
 from tkre.bench import quality, report, speed
 from tkre.bench.config import BenchConfig
 from tkre.bench.units import NotMeasured, cached, machine
@@ -18,6 +19,10 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     started = time.perf_counter()
     host = machine()
+    previous = storage.join(cfg.root, "bench", "report.json")
+    if cfg.report_only and storage.exists(previous):
+        # the units were measured on the machine (and under the load) the last run recorded
+        host = storage.read_json(previous).get("machine", host)
     if not cfg.report_only:
         init_ray()
     errors: dict[str, str] = {}
@@ -37,8 +42,9 @@ def run_bench(cfg: BenchConfig) -> dict:
                                                                   cfg.report_only))
             if result is not None:
                 speed_units[name] = result
-    host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
-    host["load_average_1m_end"] = os.getloadavg()[0]
+    if not cfg.report_only:
+        host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
+        host["load_average_1m_end"] = os.getloadavg()[0]
     out = report.build_report(cfg.settings(), host, cfg.data, quality_units, fewrel,
                               speed_units, errors, time.perf_counter() - started)
     paths = report.write_report(out, cfg.root, cfg.data)
