@@ -139,3 +139,19 @@ def test_readme_fewshot_eval_command_runs(shared_data, tmp_path):
     metrics = json.loads((tmp_path / "extract" / "fewshot_metrics.json").read_text())
     assert set(metrics["settings"]) == {"5-way-1-shot", "5-way-5-shot"}
     assert (tmp_path / "extract" / "calibration.json").exists()
+
+
+def test_readme_bench_commands_parse_into_their_presets():
+    """The bench runs for 18 minutes (quick) or hours (full), so here only its README commands
+    are parsed: every flag must exist and each preset must be the one the comment names."""
+    import shlex
+
+    from tkre.bench.config import BenchConfig
+    from tkre.config import parse_args
+
+    lines = [line.split("#")[0] for block in bash_blocks() for line in block.splitlines()
+             if line.startswith("python jobs/bench.py")]
+    assert len(lines) == 2
+    configs = [parse_args(BenchConfig, shlex.split(line)[2:]) for line in lines]
+    assert [c.preset for c in configs] == ["quick", "full"]
+    assert configs[0].encoder == "bundled-encoder" and configs[1].backend == "vllm"
