@@ -18,7 +18,7 @@ VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
 PARTS = ("quality", "fewrel", "generation", "pretraining", "serving", "flops")
 
 # A 2-core CPU, everything in < 20 minutes (17 min 42 s measured on an idle one; each of the
-# 17 Ray Train runs costs ~20 s of start-up there):
+# 15 Ray Train runs costs ~20 s of start-up there):
 # every variant on K=8 seed 42; fine-tuning only and TKRE also on seed 13 (a std) and on K=16
 # (a second point of the F1-vs-K curve); a 300-sentence test subset, 2 fine-tuning epochs, 12
 # pre-training steps per stage, each variant pre-trained once and one tiny knowledge generation
