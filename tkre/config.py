@@ -277,8 +277,8 @@ class GenerateConfig:
     accelerator_type: str | None = _help("GPU kind for the generator stage (e.g. H100)",
                                          default=None)
     max_model_len: int = _help("vLLM context length", default=2048)
-    dtype: str = _help("vLLM weights dtype: auto (bfloat16 on a GPU or a CPU with bf16 "
-                       "instructions, else float32), bfloat16, float16, float32",
+    dtype: str = _help("vLLM weights dtype: auto (on a GPU vLLM's choice; on a CPU bfloat16 "
+                       "with bf16 instructions, else float32), bfloat16, float16, float32",
                        default="auto")
     http_url: str | None = _help(
         "OpenAI-compatible chat completions URL (backend http); default: $TKRE_LLM_URL",

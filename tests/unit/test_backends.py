@@ -43,7 +43,7 @@ def test_vllm_cpu_environment_uses_every_core_on_loopback():
 def test_vllm_dtype_is_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
     assert backends.vllm_dtype(GenerateConfig()) == "float32"
-    assert backends.vllm_dtype(GenerateConfig(num_gpus=1)) == "bfloat16"
+    assert backends.vllm_dtype(GenerateConfig(num_gpus=1)) == "auto"
     assert backends.vllm_dtype(GenerateConfig(dtype="bfloat16")) == "bfloat16"
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
     assert backends.vllm_dtype(GenerateConfig()) == "bfloat16"

@@ -156,9 +156,10 @@ def cpu_has_bf16() -> bool:
 
 
 def vllm_dtype(cfg: GenerateConfig) -> str:
-    if cfg.dtype != "auto":
+    """On a GPU, "auto" is left to vLLM (the model's dtype, fp16 where bf16 is missing)."""
+    if cfg.dtype != "auto" or cfg.num_gpus:
         return cfg.dtype
-    return "bfloat16" if cfg.num_gpus or cpu_has_bf16() else "float32"
+    return "bfloat16" if cpu_has_bf16() else "float32"
 
 
 def _vllm(cfg: GenerateConfig, dataset):
