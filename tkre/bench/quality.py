@@ -205,7 +205,12 @@ def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: st
             "best_epoch": finetune["best_epoch"], "data": asdict(data), **walls}
 
 
-def same_as(variant: str, variants: list[str], knowledge: str) -> str | None:
+# ablation -> (knowledge count it removes, what that count counts)
+REMOVES = {"no_scdg": ("synthetic_accepted", "synthetic sentence"),
+           "no_edkg": ("explanations_accepted", "explanation")}
+
+
+def same_as(variant: str, variants: list[str], summary: dict | None) -> str | None:
     """The variant whose measurement this one equals, given the knowledge generated.
 
     Removing a knowledge source the generator produced nothing of changes no input: without a
@@ -213,13 +218,9 @@ def same_as(variant: str, variants: list[str], knowledge: str) -> str | None:
     texts with tkre's seeds (measured: identical F1), and likewise no_edkg without an accepted
     explanation. Such a variant reuses tkre's figures, with a note, instead of a second run.
     """
-    if variant not in ("no_scdg", "no_edkg") or "tkre" not in variants:
+    if variant not in REMOVES or "tkre" not in variants or summary is None:
         return None
-    if not knowledge_done(knowledge):
-        return None
-    summary = knowledge_summary(knowledge)
-    source = "synthetic_accepted" if variant == "no_scdg" else "explanations_accepted"
-    return "tkre" if summary[source] == 0 else None
+    return "tkre" if summary[REMOVES[variant][0]] == 0 else None
 
 
 def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
@@ -231,7 +232,8 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
     if knowledge is None:
         return []
     variants = cfg.variants_for(k, seed)
-    aliases = {v: same_as(v, variants, knowledge) for v in variants}
+    summary = knowledge_summary(knowledge) if knowledge_done(knowledge) else None
+    aliases = {v: same_as(v, variants, summary) for v in variants}
     if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
         owners = {PRETRAINING[v][0] for v in variants if PRETRAINING[v] and not aliases[v]}
         for owner in sorted(owners):
@@ -253,7 +255,6 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         unit = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m, cfg.report_only))
         if unit is not None:
             measured[variant] = unit
-            summary = knowledge_summary(knowledge) if knowledge_done(knowledge) else None
             units.append(unit | {"knowledge": summary,
                                  "notes": variant_notes(cfg, unit, k, seed)})
     return units
@@ -263,9 +264,8 @@ def variant_notes(cfg: BenchConfig, unit: dict, k: int, seed: int) -> list[str]:
     """What the variant's measurement left out or reused, for the report."""
     variant = unit["variant"]
     if unit.get("same_as"):
-        missing = "synthetic sentence" if variant == "no_scdg" else "explanation"
         return [f"same run as {unit['same_as']}: the generator's knowledge has no accepted "
-                f"{missing}, so removing it changes no input"]
+                f"{REMOVES[variant][1]}, so removing it changes no input"]
     return pretraining_notes(cfg, variant, k, seed)
 
 
