@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tkre import storage
+
 DATASETS = ("demo", "semeval", "tacred", "fewrel", "jsonl")
 MARKERS = ("auto", "typed", "untyped")
 DEFAULT_SEEDS = (13, 21, 42, 87, 100)
@@ -118,7 +120,7 @@ class FinetuneConfig:
     train_seed: int = _help("training seed (model init, shuffling)", default=42)
 
     def __post_init__(self) -> None:
-        _coerce_nested(self)
+        _normalise(self)
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -141,7 +143,7 @@ class EvaluateConfig:
     plot: bool = _help("write a confusion-matrix PNG beside metrics.json", default=True)
 
     def __post_init__(self) -> None:
-        _coerce_nested(self)
+        _normalise(self)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
@@ -213,7 +215,7 @@ class PretrainConfig:
         "records it), to exercise resuming", default=None)
 
     def __post_init__(self) -> None:
-        _coerce_nested(self)
+        _normalise(self)
         _check(self.stage in STAGES, "stage", f"must be one of {STAGES}, got {self.stage!r}")
         _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
@@ -298,7 +300,7 @@ class GenerateConfig:
                                     default=None)
 
     def __post_init__(self) -> None:
-        _coerce_nested(self)
+        _normalise(self)
         _check(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
         for name in ("explanations_per_relation", "synthetic_per_relation"):
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -342,7 +344,7 @@ class PipelineConfig:
     evaluate: dict = _help("EvaluateConfig fields (YAML only)", default_factory=dict)
 
     def __post_init__(self) -> None:
-        _coerce_nested(self)
+        _normalise(self)
         chosen = [s.strip() for s in self.stages.split(",") if s.strip()]
         unknown = [s for s in chosen if s not in PIPELINE_STAGES]
         _check(not unknown and bool(chosen), "stages",
@@ -367,8 +369,12 @@ class PipelineConfig:
 
 # --- YAML and command line ---------------------------------------------------------------
 
-def _coerce_nested(cfg: Any) -> None:
-    """Let nested configs be given as dicts (YAML) and validate them as their dataclass."""
+def _normalise(cfg: Any) -> None:
+    """Nested configs given as dicts (YAML) become their validated dataclass, and a local run
+    root becomes absolute: every path derived from it reaches Ray workers, whose working
+    directory is not the driver's."""
+    if isinstance(getattr(cfg, "root", None), str):
+        cfg.root = storage.absolute(cfg.root)
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         kind = hints[f.name]

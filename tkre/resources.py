@@ -40,11 +40,15 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A local folder for the bundled names; any other name (folder or hub id) unchanged."""
+    """A local folder for the bundled names; an existing local folder made absolute (Ray
+    workers do not share the driver's working directory); any other name (hub id, s3://)
+    unchanged."""
     if name == BUNDLED_ENCODER:
         return str(_encoder_dir())
     if name == BUNDLED_GENERATOR:
         return str(_generator_dir())
+    if name and Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
     return name
 
 

