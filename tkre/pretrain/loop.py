@@ -68,6 +68,26 @@ def step_draws(seed: int, step: int, rows: int, width: int, negatives: int
             torch.rand(rows, max(negatives, 1), 2, generator=generator))
 
 
+def rank_batch(cfg: PretrainConfig, tokenizer, encoded: list, rows: list[int], step: int,
+               negatives: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """This rank's share of the global batch `rows` at `step`: masked, padded, span masks."""
+    uniform, negative_uniform = step_draws(cfg.train_seed, step, len(rows), cfg.max_length,
+                                           negatives)
+    mine = list(range(rank, len(rows), world))
+    probs = MaskProbs(cfg.mask_relation, cfg.mask_entity, cfg.mask_other)
+    return collate([encoded[rows[i]] for i in mine], tokenizer.pad_token_id,
+                   tokenizer.mask_token_id, probs, uniform[mine], negatives,
+                   cfg.negative_max_len, negative_uniform[mine])
+
+
+def train_step(strategy, batch: dict[str, torch.Tensor]) -> dict:
+    """Forward, backward and optimizer step on the strategy's device; the model's outputs."""
+    out = strategy.forward({k: v.to(strategy.device) for k, v in batch.items()})
+    strategy.backward(out["loss"])
+    strategy.step()
+    return out
+
+
 def train_loop(config: dict) -> None:
     import ray.train
 
@@ -91,7 +111,6 @@ def train_loop(config: dict) -> None:
     strategy = make_strategy(model, cfg, world, schedule.total_steps)
     state = restore(strategy)
     meter = Meter(model, cfg, strategy.device, world)
-    probs = MaskProbs(cfg.mask_relation, cfg.mask_entity, cfg.mask_other)
     negatives = cfg.negatives if stage == "scl" else 0
     if rank == 0:
         print(f"[{stage}] {len(encoded)} texts, {schedule.total_steps} steps of "
@@ -101,16 +120,9 @@ def train_loop(config: dict) -> None:
 
     while state["step"] < schedule.total_steps:
         step = state["step"]
-        rows = schedule.batch(step, cfg.train_seed)
-        uniform, negative_uniform = step_draws(cfg.train_seed, step, len(rows), cfg.max_length,
-                                               negatives)
-        mine = list(range(rank, len(rows), world))
-        batch = collate([encoded[rows[i]] for i in mine], tokenizer.pad_token_id,
-                        tokenizer.mask_token_id, probs, uniform[mine], negatives,
-                        cfg.negative_max_len, negative_uniform[mine])
-        out = strategy.forward({k: v.to(strategy.device) for k, v in batch.items()})
-        strategy.backward(out["loss"])
-        strategy.step()
+        batch = rank_batch(cfg, tokenizer, encoded, schedule.batch(step, cfg.train_seed), step,
+                           negatives, rank, world)
+        out = train_step(strategy, batch)
         state["step"] = step + 1
         meter.add(batch, out)
         maybe_fail(cfg, config["run_dir"], state["step"], rank)
