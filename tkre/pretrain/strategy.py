@@ -40,9 +40,11 @@ def deepspeed_config(cfg: PretrainConfig, world: int) -> dict:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": zero,
-        # torch's AdamW: no C++ op to compile (fused Adam and CPU Adam are JIT builds)
+        # torch's AdamW: no C++ op to compile (DeepSpeed's fused and CPU Adam are JIT builds);
+        # on a GPU its fused kernel (one launch for every tensor: small steps are launch-bound)
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                                                   "torch_adam": True}},
+                                                   "torch_adam": True,
+                                                   "fused": cfg.train.use_gpu}},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
@@ -98,7 +100,8 @@ class DDPStrategy:
         self.model = ray.train.torch.prepare_model(model)
         self.device = ray.train.torch.get_device()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+                                           weight_decay=cfg.weight_decay,
+                                           fused=cfg.train.use_gpu)
         self.scheduler = _schedule(cfg, total_steps)(self.optimizer)
         self.grad_clip = cfg.grad_clip
         self.autocast = resolved_precision(cfg) == "bf16"
