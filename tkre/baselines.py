@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import torch
+from transformers import TrainerCallback
 
 from tkre.pretrain.masking import TextExample
 
@@ -61,9 +62,27 @@ class OriginalMSLMDataset(torch.utils.data.Dataset):
                 "labels": labels}
 
 
+class _SteadyClock(TrainerCallback):
+    """The time at the end of step `warmup` and of the last step."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.marks = warmup, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step in (self.warmup, state.max_steps):
+            self.marks[state.global_step] = time.perf_counter()
+        return control
+
+
 def run_original_mslm(encoder_dir: str, examples: list[TextExample], steps: int,
-                      batch_size: int = 16, lr: float = 2e-5) -> dict:
-    """Train MSLM the released way for `steps` steps; samples/s as the Trainer measures it."""
+                      batch_size: int = 16, lr: float = 2e-5, warmup: int = 0) -> dict:
+    """Train MSLM the released way for `warmup` + `steps` steps (fp16 on a GPU, as released).
+
+    `samples_per_s` covers the whole `trainer.train()` call; with `warmup` > 0,
+    `steady_samples_per_s` covers only the steps after the first `warmup`.
+    """
     from transformers import (
         AutoModelForMaskedLM,
         AutoTokenizer,
@@ -73,22 +92,35 @@ def run_original_mslm(encoder_dir: str, examples: list[TextExample], steps: int,
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     model = AutoModelForMaskedLM.from_pretrained(encoder_dir)
+    clock = _SteadyClock(warmup)
+    total = warmup + steps
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size,
-                                 max_steps=steps, learning_rate=lr, weight_decay=0.01,
+                                 max_steps=total, learning_rate=lr, weight_decay=0.01,
                                  report_to=[], save_strategy="no", logging_steps=10**6,
                                  use_cpu=not torch.cuda.is_available(),
+                                 fp16=torch.cuda.is_available(),
                                  dataloader_num_workers=0, remove_unused_columns=False,
                                  disable_tqdm=True, seed=42)
-        trainer = Trainer(model=model, args=args,
+        trainer = Trainer(model=model, args=args, callbacks=[clock],
                           train_dataset=OriginalMSLMDataset(tokenizer, examples))
         started = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - started
-    return {"steps": steps, "batch_size": batch_size, "wall_s": wall,
-            "samples_per_s": steps * batch_size / wall,
-            "trainer_samples_per_s": output.metrics.get("train_samples_per_second"),
-            "final_loss": output.training_loss}
+    result = {"steps": total, "batch_size": batch_size, "wall_s": wall,
+              "samples_per_s": total * batch_size / wall,
+              "trainer_samples_per_s": output.metrics.get("train_samples_per_second"),
+              "final_loss": output.training_loss,
+              "precision": "fp16" if torch.cuda.is_available() else "fp32",
+              "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    if warmup:
+        steady = clock.marks[total] - clock.marks[warmup]
+        result.update(warmup_steps=warmup, steady_steps=steps,
+                      steady_samples_per_s=steps * batch_size / steady)
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
 
 
 def run_original_generation(model_dir: str, conversations: list[list[dict]],

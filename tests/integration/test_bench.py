@@ -62,8 +62,8 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
             assert 0 <= row["micro_f1_mean"] <= 1 and row["micro_f1_std"] == 0.0
     for setting in ("5way1shot", "5way5shot"):
         assert set(saved["quality"]["fewrel"][setting]) == {"plain", "pretrained"}
-    assert set(saved["speed"]) == {"generation_hf", "pretraining", "serving_c1", "serving_c4",
-                                   "flops"}
+    assert set(saved["speed"]) == {"generation_hf", "pretraining", "pretraining_step",
+                                   "serving_c1", "serving_c4", "flops"}
     for row in saved["speed"].values():
         assert row["ratio"] > 0
     for name in ("f1_vs_k.png", "speed_ratios.png", "report.md"):

@@ -53,6 +53,8 @@ def speed_units() -> dict:
         "speed-pretrain-original": {"samples_per_s": 4.0},
         "speed-pretrain-w1": {"samples_per_s": 8.0},
         "speed-pretrain-w2": {"samples_per_s": 12.0},
+        "speed-pretrain-step-ours": {"samples_per_s": 30.0},
+        "speed-pretrain-step-original": {"samples_per_s": 9.0, "steady_samples_per_s": 10.0},
         "speed-serving": {
             "batched": [row | {"concurrency": c, "throughput_rps": 10.0 * c, "p50_ms": 5.0,
                                "p99_ms": 9.0} for c in (1, 8, 32)],
@@ -96,12 +98,14 @@ def test_fewrel_keys_are_nway_kshot_then_encoder():
 def test_speed_ratios_are_ours_over_baseline_with_both_figures():
     rows = aggregate_speed(speed_units())
     assert set(rows) == {"generation_hf", "generation_vllm", "pretraining", "pretraining_scaling",
-                         "serving_c1", "serving_c8", "serving_c32", "flops"}
+                         "pretraining_step", "serving_c1", "serving_c8", "serving_c32", "flops"}
     assert rows["generation_hf"]["ratio"] == pytest.approx(1.6)  # faster: above 1
     assert rows["generation_vllm"]["ratio"] == pytest.approx(0.5)  # slower: below 1
     assert rows["generation_hf"]["rows_per_s_ratio"] == pytest.approx(2.0)
     assert rows["pretraining"]["ratio"] == pytest.approx(2.0)
     assert rows["pretraining_scaling"]["ratio"] == pytest.approx(1.5)
+    # the step comparison sets our timed steps against the Trainer's steps after warm-up
+    assert rows["pretraining_step"]["ratio"] == pytest.approx(3.0)
     assert rows["serving_c32"]["ratio"] == pytest.approx(32.0)
     assert rows["serving_c32"]["baseline"]["p99_ms"] == pytest.approx(288.0)
     assert rows["flops"]["ratio"] == pytest.approx(0.25)

@@ -12,10 +12,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tkre import storage
 from tkre.config import DATA_ENV, _check, _help
 
 VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
-PARTS = ("quality", "fewrel", "generation", "pretraining", "serving", "flops")
+PARTS = ("quality", "fewrel", "generation", "pretraining", "pretraining_step", "serving",
+         "flops")
+# parts measured without a Ray cluster (they run on a GPU machine that has no Ray)
+NO_RAY_PARTS = ("pretraining_step", "flops")
 
 # A 2-core CPU, everything in < 20 minutes (17 min 42 s measured on an idle one; each of the
 # 15 Ray Train runs costs ~20 s of start-up there):
@@ -32,7 +36,7 @@ QUICK = {
     "max_rounds": 1, "max_tokens_explanation": 40, "max_tokens_sample": 96,
     "demonstrations": 2, "generation_batch_size": 18,
     "pretrain_steps": 12, "pretrain_batch_size": 8, "pretrain_max_length": 64,
-    "pretrain_lr": 5e-5, "strategy": "ddp", "precision": "fp32",
+    "pretrain_lr": 5e-5, "strategy": "ddp", "zero_stage": 2, "precision": "fp32",
     "finetune_epochs": 2, "finetune_batch_size": 8, "finetune_lr": 1e-4,
     "finetune_max_length": 128,
     "fewrel_episodes": 50, "fewrel_settings": "5x1,5x5,10x1,10x5",
@@ -54,7 +58,7 @@ FULL = {
     "max_rounds": 3, "max_tokens_explanation": 128, "max_tokens_sample": 192,
     "demonstrations": 8, "generation_batch_size": 64,
     "pretrain_steps": None, "pretrain_batch_size": 16, "pretrain_max_length": 128,
-    "pretrain_lr": 2e-5, "strategy": "deepspeed", "precision": "bf16",
+    "pretrain_lr": 2e-5, "strategy": "deepspeed", "zero_stage": 2, "precision": "bf16",
     "finetune_epochs": 10, "finetune_batch_size": 4, "finetune_lr": 3e-5,
     "finetune_max_length": 512,
     "fewrel_episodes": 1000, "fewrel_settings": "5x1,5x5,10x1,10x5",
@@ -130,6 +134,8 @@ class BenchConfig:
     pretrain_max_length: int | None = _help("pre-training sub-tokens per text", default=None)
     pretrain_lr: float | None = _help("pre-training learning rate", default=None)
     strategy: str | None = _help("pre-training strategy (ddp, deepspeed)", default=None)
+    zero_stage: int | None = _help("DeepSpeed ZeRO stage of pre-training (and of the step "
+                                   "comparison, which always runs DeepSpeed)", default=None)
     precision: str | None = _help("pre-training precision", default=None)
     finetune_epochs: int | None = _help("fine-tuning epochs", default=None)
     finetune_batch_size: int | None = _help("fine-tuning batch size", default=None)
@@ -153,6 +159,7 @@ class BenchConfig:
     flops_seq_len: int | None = _help("sequence length there", default=None)
 
     def __post_init__(self) -> None:
+        self.root = storage.absolute(self.root)  # its run roots and encoders reach Ray workers
         preset = self.preset_values()
         for name, value in preset.items():
             if getattr(self, name) is None:

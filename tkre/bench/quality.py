@@ -123,7 +123,8 @@ def pretrain_config(cfg: BenchConfig, root: str, data: DataConfig, stage: str,
                     switches: dict) -> PretrainConfig:
     return PretrainConfig(
         root=root, data=data, train=train_config(cfg), stage=stage, encoder=cfg.encoder,
-        strategy=cfg.strategy, precision=cfg.precision, max_steps=cfg.pretrain_steps,
+        strategy=cfg.strategy, zero_stage=cfg.zero_stage, precision=cfg.precision,
+        max_steps=cfg.pretrain_steps,
         batch_size=cfg.pretrain_batch_size, max_length=cfg.pretrain_max_length,
         lr=cfg.pretrain_lr, checkpoint_every=max(50, cfg.pretrain_steps or 0), **switches)
 

@@ -153,6 +153,13 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
         out["pretraining"] = comparison(
             one, trainer, "samples_per_s", "our MSLM on Ray Train (1 worker, per-batch "
             "padding, offsets) vs HF Trainer (padding to 128, per-item sub-token search)")
+    step, step_trainer = (units.get("speed-pretrain-step-ours"),
+                          units.get("speed-pretrain-step-original"))
+    if step and step_trainer:
+        out["pretraining_step"] = comparison(
+            step, step_trainer, "samples_per_s", "our MSLM step in one process (DeepSpeed, "
+            "per-batch padding, offsets) vs HF Trainer (padding to 128, per-item sub-token "
+            "search), both after warm-up", baseline_metric="steady_samples_per_s")
     two = units.get("speed-pretrain-w2")
     if one and two:
         out["pretraining_scaling"] = comparison(
@@ -218,6 +225,8 @@ def conditions(report: dict) -> str:
 def quality_markdown(report: dict, data: str) -> list[str]:
     s = report["settings"]
     table = report["quality"][data]
+    if not table:
+        return []
     lines = [f"## Quality: {data}", "",
              f"Encoder `{s['encoder']}`; test subset {s['max_test'] or 'all'}; fine-tuning "
              f"{s['finetune_epochs']} epochs, batch {s['finetune_batch_size']}, lr "

@@ -8,7 +8,7 @@ import traceback
 
 from tkre import storage
 from tkre.bench import quality, report, speed
-from tkre.bench.config import BenchConfig
+from tkre.bench.config import NO_RAY_PARTS, BenchConfig
 from tkre.bench.units import NotMeasured, cached, machine
 from tkre.pipeline import MemoryWatch
 
@@ -23,7 +23,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.report_only and storage.exists(previous):
         # the units were measured on the machine (and under the load) the last run recorded
         host = storage.read_json(previous).get("machine", host)
-    if not cfg.report_only:
+    if not cfg.report_only and set(cfg.part_list) - set(NO_RAY_PARTS):
         init_ray()
     errors: dict[str, str] = {}
     quality_units: list[dict] = []

@@ -6,6 +6,9 @@
 - pre-training: our MSLM stage on Ray Train (1 worker) against the released HF Trainer recipe
   (padding to 128, per-item sub-token search), same texts, batch size and steps; and 2 workers
   against 1 (same total cores);
+- pre-training step: our MSLM step in one process (DeepSpeed engine, no Ray Train) against the
+  same Trainer recipe, both timed after warm-up steps on the K-shot sentences: the step's own
+  speed, on any device (a GPU machine without Ray too);
 - serving: @serve.batch against one model call per request (tkre.bench_serving);
 - FLOP/s: the encoder's batched inference against this machine's measured matmul peak.
 """
@@ -28,6 +31,8 @@ from tkre.bench.quality import (
 )
 from tkre.config import GenerateConfig, PretrainConfig
 from tkre.resources import resolve_model
+
+STEP_WARMUP = 2  # untimed steps before the step throughput comparison (CUDA/allocator warm-up)
 
 
 def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
@@ -94,9 +99,10 @@ def pretraining_ours(cfg: BenchConfig, workers: int) -> dict:
     root, data = _speed_root(cfg, f"pretrain-w{workers}")
     result = run_pretrain(PretrainConfig(
         root=root, data=data, train=train_config(cfg, workers), stage="mslm",
-        encoder=cfg.encoder, strategy=cfg.strategy, precision=cfg.precision,
-        max_steps=cfg.pretrain_speed_steps, batch_size=cfg.pretrain_speed_batch_size,
-        max_length=128, checkpoint_every=max(50, cfg.pretrain_speed_steps)))["mslm"]
+        encoder=cfg.encoder, strategy=cfg.strategy, zero_stage=cfg.zero_stage,
+        precision=cfg.precision, max_steps=cfg.pretrain_speed_steps,
+        batch_size=cfg.pretrain_speed_batch_size, max_length=128,
+        checkpoint_every=max(50, cfg.pretrain_speed_steps)))["mslm"]
     return {"workers": workers, "steps": result["steps"], "texts": result["texts"],
             "samples_per_s": result["samples_per_s"], "tokens_per_s": result["tokens_per_s"],
             "mfu": result["mfu"], "wall_s": result["wall_s"], "strategy": cfg.strategy,
@@ -112,6 +118,38 @@ def pretraining_original(cfg: BenchConfig) -> dict:
     result = run_original_mslm(resolve_model(cfg.encoder), texts, cfg.pretrain_speed_steps,
                                cfg.pretrain_speed_batch_size)
     return result | {"texts": counts, "precision": "fp32", "padding": "fixed 128"}
+
+
+def step_texts(cfg: BenchConfig) -> list:
+    """The first draw's K-shot gold sentences: needs no LLM, so it runs on any machine."""
+    from tkre.data import datasets
+    from tkre.pretrain.data import from_instance
+
+    splits = datasets.load_splits(data_config(cfg, *cfg.draws()[0]))
+    return [from_instance(inst) for inst in splits.train]
+
+
+def pretraining_step_ours(cfg: BenchConfig) -> dict:
+    """Our MSLM step (DeepSpeed engine, one process, no Ray) after 2 warm-up steps."""
+    from tkre.pretrain.throughput import measure_step_throughput
+
+    pretrain = PretrainConfig(
+        root=storage.join(cfg.root, "bench", "speed", "pretrain-step"),
+        data=data_config(cfg, *cfg.draws()[0]), train=train_config(cfg), stage="mslm",
+        encoder=cfg.encoder, strategy="deepspeed", zero_stage=cfg.zero_stage,
+        precision=cfg.precision, batch_size=cfg.pretrain_speed_batch_size, max_length=128)
+    return measure_step_throughput(pretrain, resolve_model(cfg.encoder), step_texts(cfg),
+                                   cfg.pretrain_speed_steps, warmup=STEP_WARMUP)
+
+
+def pretraining_step_original(cfg: BenchConfig) -> dict:
+    """The released HF Trainer recipe on the same sentences, timed after the same warm-up."""
+    from tkre.baselines import run_original_mslm
+
+    texts = step_texts(cfg)
+    return run_original_mslm(resolve_model(cfg.encoder), texts, cfg.pretrain_speed_steps,
+                             cfg.pretrain_speed_batch_size, warmup=STEP_WARMUP) | {
+        "texts": len(texts), "padding": "fixed 128"}
 
 
 def serving_root(cfg: BenchConfig) -> str:
@@ -149,6 +187,8 @@ def encoder_flops(cfg: BenchConfig) -> dict:
     ids = torch.randint(1000, conf.vocab_size, (batch, length), device=device)
     mask = torch.ones_like(ids)
     encoder(input_ids=ids, attention_mask=mask)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
     passes, started = 0, time.perf_counter()
     while passes < 3 or time.perf_counter() - started < 3.0:
         encoder(input_ids=ids, attention_mask=mask)
@@ -184,6 +224,9 @@ def measurements(cfg: BenchConfig) -> dict:
         out["speed-pretrain-original"] = lambda: pretraining_original(cfg)
         for workers in int_list(cfg.scaling_workers):
             out[f"speed-pretrain-w{workers}"] = lambda w=workers: pretraining_ours(cfg, w)
+    if "pretraining_step" in parts:
+        out["speed-pretrain-step-original"] = lambda: pretraining_step_original(cfg)
+        out["speed-pretrain-step-ours"] = lambda: pretraining_step_ours(cfg)
     if "serving" in parts:
         out["speed-serving"] = lambda: serving(cfg)
     if "flops" in parts:
