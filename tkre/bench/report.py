@@ -229,7 +229,7 @@ def quality_markdown(report: dict, data: str) -> list[str]:
         return []
     lines = [f"## Quality: {data}", "",
              f"Encoder `{s['encoder']}`; test subset {s['max_test'] or 'all'}; fine-tuning "
-             f"{s['finetune_epochs']} epochs, batch {s['finetune_batch_size']}, lr "
+             f"{s['finetune_epochs']} epoch(s), batch {s['finetune_batch_size']}, lr "
              f"{s['finetune_lr']}, max length {s['finetune_max_length']}; pre-training "
              f"{s['pretrain_steps'] or 'full epochs'} steps/stage, batch "
              f"{s['pretrain_batch_size']}, max length {s['pretrain_max_length']}, "
@@ -311,6 +311,11 @@ def speed_markdown(report: dict) -> list[str]:
         lines.append(f"| {name} | {row['metric']} | {_si(row['ours_value'])} | "
                      f"{_si(row['baseline_value'])} | {_f(row['ratio'], 3)} | "
                      f"{row['compared']} |")
+    backends = s["gen_speed_backends"].split(",")
+    skipped = [f"generation_{b}" for b in ("hf", "vllm") if b not in backends]
+    if skipped:
+        lines += ["", f"Not in this run's settings: {', '.join(skipped)} (`--gen-speed-backends "
+                      f"{s['gen_speed_backends']}`)."]
     serving = [(n, r) for n, r in rows.items() if n.startswith("serving_")]
     if serving:
         lines += ["", "| serving | batched req/s | p50 ms | p99 ms | per-request req/s | p50 ms "

@@ -36,7 +36,8 @@ STEP_WARMUP = 2  # untimed steps before the step throughput comparison (CUDA/all
 
 
 def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
-    """`gen_speed_prompts` SCDG prompts over the first draw's relations, in turn."""
+    """`gen_speed_prompts` SCDG prompts over the first draw's relations, in turn, each with
+    `demonstrations` real examples (as the knowledge stage sends them)."""
     from tkre.data import datasets
     from tkre.knowledge.prompts import scdg_messages
     from tkre.schema import derive_schemas
@@ -47,7 +48,8 @@ def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
     prompts = []
     for index in range(cfg.gen_speed_prompts):
         relation = relations[index % len(relations)]
-        demos = [inst for inst in splits.train if inst.relation == relation][:8]
+        demos = [inst for inst in splits.train
+                 if inst.relation == relation][:cfg.demonstrations]
         prompts.append(scdg_messages(schemas[relation], demos))
     return prompts
 

@@ -92,7 +92,7 @@ def train_loop(config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  eps=1e-6)
+                                  eps=1e-6, fused=cfg.train.use_gpu)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps),
                                                 total_steps)
     state = restore(model, optimizer, scheduler)
