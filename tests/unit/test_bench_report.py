@@ -198,6 +198,8 @@ def test_config_errors_name_the_field():
         BenchConfig(quick=True, variants="tkre,no_magic")
     with pytest.raises(ConfigError, match="^extra_points"):
         BenchConfig(quick=True, extra_points="16")
+    with pytest.raises(ConfigError, match="^zero_stage"):
+        BenchConfig(quick=True, zero_stage=4)
 
 
 def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):

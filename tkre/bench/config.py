@@ -193,6 +193,7 @@ class BenchConfig:
             _check(not part.strip() or len(part.split(":")) == 2, "extra_points",
                    f"must look like 16:42,32:42, got {self.extra_points!r}")
         _check(self.backend in ("hf", "vllm"), "backend", "must be hf or vllm")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         for name in ("finetune_epochs", "pretrain_batch_size", "fewrel_episodes",
                      "gen_speed_prompts", "pretrain_speed_steps", "serve_requests"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
