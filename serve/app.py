@@ -4,10 +4,11 @@
     serve deploy serve/config.yaml                         # onto a running cluster
 
 `app` is an application builder: Serve calls it with the config's `args` (root, batching,
-limits; see tkre.serving.AppArgs). The deployment itself lives in tkre.serving, so it is part
-of the installed package and every worker imports it the same way.
+limits; see tkre.extract.deployment.AppArgs). The deployment itself lives in
+tkre.extract.deployment, so it is part of the installed package and every worker imports it the
+same way.
 """
 
-from tkre.serving import ExtractorDeployment, api, app
+from tkre.extract.deployment import ExtractorDeployment, api, app
 
 __all__ = ["ExtractorDeployment", "api", "app"]

@@ -22,6 +22,9 @@ from tkre import storage
 
 DATASETS = ("demo", "semeval", "tacred", "fewrel", "jsonl")
 MARKERS = ("auto", "typed", "untyped")
+STAGES = ("mslm", "scl", "both")
+STRATEGIES = ("deepspeed", "ddp")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_SEEDS = (13, 21, 42, 87, 100)
 # The run root when --root is not given: $TKRE_ROOT, else ./runs/demo.
 DEFAULT_ROOT = os.environ.get("TKRE_ROOT", "runs/demo")
@@ -117,10 +120,20 @@ class FinetuneConfig:
                         default="auto")
     use_synthetic: bool = _help(
         "also train on ROOT/knowledge/synthetic.parquet when it exists", default=True)
+    strategy: str = _help("distributed strategy: ddp or deepspeed (ZeRO 0-2)", default="ddp")
+    zero_stage: int = _help("DeepSpeed ZeRO stage (0-2: every worker scores the dev set with "
+                            "its full copy of the model)", default=2)
+    precision: str = _help("auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16",
+                           default="auto")
     train_seed: int = _help("training seed (model init, shuffling)", default=42)
 
     def __post_init__(self) -> None:
         _normalise(self)
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+        _check(self.zero_stage in (0, 1, 2), "zero_stage", "must be 0, 1 or 2 for fine-tuning")
+        _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        _check(not (self.precision == "fp16" and self.strategy == "ddp"), "precision",
+               "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -149,9 +162,6 @@ class EvaluateConfig:
 
 C = TypeVar("C")
 
-STAGES = ("mslm", "scl", "both")
-STRATEGIES = ("deepspeed", "ddp")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -206,9 +216,6 @@ class PretrainConfig:
     peak_flops: float | None = _help(
         "peak FLOP/s per worker for the MFU estimate; default: the GPU's datasheet figure, or "
         "a matmul measured on this CPU", default=None)
-    knowledge_config: str | None = _help(
-        "YAML file of generation settings used when ROOT has no knowledge artifacts yet "
-        "(see jobs/generate.py --help)", default=None)
     train_seed: int = _help("training seed (init, shuffling, masks)", default=42)
     fail_at_step: int | None = _help(
         "fault injection for tests: rank 0 raises once at this step (a marker under ROOT "
@@ -332,7 +339,8 @@ class PipelineConfig:
 
     root: str = _help("run root: local folder or s3://bucket/prefix", default=DEFAULT_ROOT)
     data: DataConfig = field(default_factory=DataConfig)
-    stages: str = _help(f"comma-separated stages to run, in order: {','.join(PIPELINE_STAGES)}",
+    stages: str = _help("comma-separated stages to run (always in the method's order): "
+                        f"{','.join(PIPELINE_STAGES)}",
                         default=",".join(PIPELINE_STAGES))
     # Laptop sizes for the bundled 135M generator on a 2-core CPU (~0.1 accepted sentence per
     # request): the paper's 6 explanations per relation, fewer synthetic requests.
@@ -359,12 +367,49 @@ class PipelineConfig:
 
     @property
     def stage_list(self) -> list[str]:
-        return [s.strip() for s in self.stages.split(",") if s.strip()]
+        """The chosen stages in the method's order, whatever order they were given in."""
+        chosen = {s.strip() for s in self.stages.split(",") if s.strip()}
+        return [stage for stage in PIPELINE_STAGES if stage in chosen]
 
     def stage_config(self, section: str, cls: type[C]) -> C:
         values = {**getattr(self, section), "root": self.root,
                   "data": dataclasses.asdict(self.data)}
         return from_dict(cls, values, prefix=f"{section}.")
+
+
+@dataclass
+class FewshotEvalConfig:
+    """N-way K-shot prototype accuracy on FewRel val_wiki (or any FewRel-format file)."""
+
+    data_dir: str | None = _help(
+        f"folder holding the FewRel file; default: ${DATA_ENV}/fewrel", default=None)
+    file: str = _help("FewRel JSON file inside data_dir", default="val_wiki.json")
+    encoder: str = _help(
+        "a trained model folder (ROOT/finetune/model), a plain encoder folder "
+        "(ROOT/pretrain/scl/model) or 'bundled-encoder'", default="bundled-encoder")
+    settings: str = _help("comma-separated NxK settings (N-way K-shot)", default="5x1,5x5")
+    episodes: int = _help("episodes per setting", default=500)
+    queries: int = _help("query examples per relation in each episode", default=1)
+    seed: int = _help("episode sampling seed", default=42)
+    batch_size: int = _help("embedding batch size", default=64)
+    root: str | None = _help(
+        "run root: when given, write ROOT/extract/fewshot_metrics.json and the fitted "
+        "calibration to ROOT/extract/calibration.json (what the extractor uses)", default=None)
+
+    def __post_init__(self) -> None:
+        # the settings grammar belongs to the episodes (imported here, not at the top: it
+        # brings torch, which no other config needs)
+        from tkre.extract.episodes import parse_settings
+
+        for name in ("episodes", "queries", "batch_size"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(bool(parse_settings(self.settings)), "settings",
+               f"must look like 5x1,10x5 (N >= 2, K >= 1), got {self.settings!r}")
+        if self.data_dir is None and os.environ.get(DATA_ENV):
+            self.data_dir = str(Path(os.environ[DATA_ENV]) / "fewrel")
+        _check(bool(self.data_dir), "data_dir",
+               f"no FewRel folder: pass --data-dir or set ${DATA_ENV} (its fewrel/ subfolder "
+               "is used)")
 
 
 # --- YAML and command line ---------------------------------------------------------------

@@ -1,9 +1,13 @@
 """The whole method in order, one config: data -> knowledge -> MSLM -> SCL -> fine-tune -> eval.
 
+This is the only place that orders the stages; each stage job reads its inputs through
+`tkre.layout` and, when they are missing, names the job that writes them.
+
 A stage whose artifacts are complete is skipped; a partial one resumes (generation from its
 ledger, training from its latest checkpoint). Completion is read from the artifacts, so after
 changing an earlier stage's settings, remove the later stages' folders (or use a new root).
-Per-stage wall time and the machine's peak memory growth go to ROOT/pipeline.json.
+Per-stage wall time and the machine's peak memory growth go to ROOT/pipeline.json. The data
+split is prepared once and handed to every stage.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 import psutil
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.config import (
     EvaluateConfig,
     FinetuneConfig,
@@ -51,28 +55,15 @@ class MemoryWatch:
         return max(0, self.peak - self.baseline) / 2**30
 
 
-def knowledge_done(root: str) -> bool:
-    return storage.exists(storage.join(root, "knowledge", "stats.json"))
-
-
-def finetune_done(root: str) -> bool:
-    return (storage.exists(storage.join(root, "finetune", "metrics.json"))
-            and storage.exists(storage.join(root, "finetune", "model", "tkre_model.json")))
-
-
-def evaluate_done(root: str) -> bool:
-    return storage.exists(storage.join(root, "eval", "metrics.json"))
-
-
-Runner = tuple[Callable[[], bool], Callable[[], object]]
+Runner = Callable[[datasets.Splits], object]
 
 
 def stage_runners(cfg: PipelineConfig) -> dict[str, Runner]:
-    """stage -> (is it complete?, run it). Configs are built (and validated) up front."""
+    """stage -> run it on the prepared splits. Configs are built (and validated) up front."""
     from tkre.finetune.evaluate import run_evaluate
     from tkre.finetune.run import run_finetune
     from tkre.knowledge.job import run_generate
-    from tkre.pretrain.run import is_complete, run_pretrain
+    from tkre.pretrain.run import run_pretrain
 
     generate = cfg.stage_config("generate", GenerateConfig)
     pretrain = cfg.stage_config("pretrain", PretrainConfig)
@@ -81,11 +72,11 @@ def stage_runners(cfg: PipelineConfig) -> dict[str, Runner]:
     mslm = PretrainConfig(**{**vars(pretrain), "stage": "mslm"})
     scl = PretrainConfig(**{**vars(pretrain), "stage": "scl"})
     return {
-        "knowledge": (lambda: knowledge_done(cfg.root), lambda: run_generate(generate)),
-        "mslm": (lambda: is_complete(cfg.root, "mslm"), lambda: run_pretrain(mslm)),
-        "scl": (lambda: is_complete(cfg.root, "scl"), lambda: run_pretrain(scl)),
-        "finetune": (lambda: finetune_done(cfg.root), lambda: run_finetune(finetune)),
-        "evaluate": (lambda: evaluate_done(cfg.root), lambda: run_evaluate(evaluate)),
+        "knowledge": lambda splits: run_generate(generate, splits),
+        "mslm": lambda splits: run_pretrain(mslm, splits),
+        "scl": lambda splits: run_pretrain(scl, splits),
+        "finetune": lambda splits: run_finetune(finetune, splits),
+        "evaluate": lambda splits: run_evaluate(evaluate, splits),
     }
 
 
@@ -94,26 +85,25 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     runners = stage_runners(cfg)
     report: dict = {"stages": {}}
     with MemoryWatch() as watch:
-        datasets.prepare(cfg.data, cfg.root)
+        splits = datasets.prepare(cfg.data, cfg.root)  # once: every stage gets these splits
     report["stages"]["data"] = {"peak_memory_growth_gb": round(watch.peak_growth_gb, 2)}
     for stage in cfg.stage_list:
-        done, run = runners[stage]
-        if done():
+        if layout.STAGE_DONE[stage](cfg.root):
             print(f"[pipeline] {stage}: complete, skipped", flush=True)
             report["stages"][stage] = {"skipped": True}
             continue
         print(f"[pipeline] {stage}: running", flush=True)
         stage_started = time.perf_counter()
         with MemoryWatch() as watch:
-            run()
+            runners[stage](splits)
         report["stages"][stage] = {"wall_s": round(time.perf_counter() - stage_started, 1),
                                    "peak_memory_growth_gb": round(watch.peak_growth_gb, 2)}
         print(f"[pipeline] {stage}: done in {report['stages'][stage]['wall_s']:.0f} s", flush=True)
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    if evaluate_done(cfg.root):
-        metrics = storage.read_json(storage.join(cfg.root, "eval", "metrics.json"))
+    if layout.evaluate_done(cfg.root):
+        metrics = storage.read_json(layout.eval_metrics(cfg.root))
         report["test_micro_f1"] = metrics["micro_f1"]
         print(f"[pipeline] test micro-F1 {metrics['micro_f1']:.4f} "
-              f"(metrics in {storage.join(cfg.root, 'eval', 'metrics.json')})", flush=True)
-    storage.write_json(storage.join(cfg.root, "pipeline.json"), report)
+              f"(metrics in {layout.eval_metrics(cfg.root)})", flush=True)
+    storage.write_json(layout.pipeline_report(cfg.root), report)
     return report

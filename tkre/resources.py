@@ -19,6 +19,8 @@ import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
+from tkre import storage
+
 BUNDLED_ENCODER = "bundled-encoder"
 BUNDLED_GENERATOR = "bundled-generator"
 
@@ -48,7 +50,7 @@ def resolve_model(name: str) -> str:
     if name == BUNDLED_GENERATOR:
         return str(_generator_dir())
     if name and Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
+        return storage.absolute(name)
     return name
 
 

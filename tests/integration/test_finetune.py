@@ -12,7 +12,6 @@ from tests.tiny import make_tiny_encoder
 from tkre.config import DataConfig, EvaluateConfig, FinetuneConfig, TrainConfig
 from tkre.data import readers
 from tkre.finetune.evaluate import run_evaluate
-from tkre.finetune.loop import STATE_FILE
 from tkre.finetune.model import load_classifier, predict_proba
 from tkre.finetune.run import run_finetune
 from tkre.schema import Instance, Span
@@ -25,22 +24,48 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder")))
 
 
-def config(root: Path, encoder: str, epochs: int = 2, **train) -> FinetuneConfig:
+def config(root: Path, encoder: str, epochs: int = 2, strategy: str = "ddp", **train
+           ) -> FinetuneConfig:
     return FinetuneConfig(root=str(root), encoder=encoder, epochs=epochs, lr=1e-3,
-                          data=DataConfig(k=8, seed=42),
+                          data=DataConfig(k=8, seed=42), strategy=strategy,
                           train=TrainConfig(cpus_per_worker=1, **train))
+
+
+def loop_state(checkpoint: Path) -> dict:
+    """The loop's resume dict inside a checkpoint of either strategy (tkre.train.strategy)."""
+    from tkre.train.strategy import DDP_FILE, DS_TAG
+
+    if (checkpoint / DDP_FILE).exists():
+        return torch.load(checkpoint / DDP_FILE, weights_only=True)["loop"]
+    saved = torch.load(checkpoint / DS_TAG / "mp_rank_00_model_states.pt", weights_only=False)
+    return saved["loop"]
 
 
 def latest_state(root: Path) -> dict:
     checkpoints = [c for c in (root / "finetune").glob("checkpoint_*") if c.is_dir()]
-    states = [torch.load(c / STATE_FILE, weights_only=True) for c in checkpoints]
-    return max(states, key=lambda s: s["epoch"])
+    return max((loop_state(c) for c in checkpoints), key=lambda s: s["epoch"])
+
+
+def write_synthetic(root: Path) -> None:
+    """5 accepted sentences of a trained label and one of a label the run does not have."""
+    synthetic = [Instance(id=f"syn-{i}", tokens=("Ann", "Lee", "works", "for", "Orbix", "."),
+                          head=Span(0, 2, "Ann Lee", "person"),
+                          tail=Span(4, 5, "Orbix", "organization"),
+                          relation="per:employee_of", source="llm",
+                          provenance={"model": "test"}) for i in range(5)]
+    unknown = Instance(id="syn-x", tokens=("A", "b", "C"), head=Span(0, 1, "A", "person"),
+                       tail=Span(2, 3, "C", "person"), relation="per:unknown_label", source="llm")
+    (root / "knowledge").mkdir()
+    readers.write_parquet(synthetic + [unknown], root / "knowledge" / "synthetic.parquet")
 
 
 def test_finetune_then_evaluate_on_demo(ray_cluster, tiny_encoder, tmp_path):
+    write_synthetic(tmp_path)
     summary = run_finetune(config(tmp_path, tiny_encoder))
     assert summary["train_gold"] == 8 * 8  # 7 relations + no_relation, 8 each
-    assert summary["train_synthetic"] == 0
+    # the synthetic sentences of the run's labels join the K-shot set, the others are dropped
+    assert summary["train_synthetic"] == 5
+    assert summary["train_label_counts"]["per:employee_of"] == 8 + 5
     assert summary["dev"] == 8 * 8
     assert summary["typed_markers"] is True  # the demo data has entity types
     assert 1 <= summary["best_epoch"] <= 2
@@ -52,7 +77,7 @@ def test_finetune_then_evaluate_on_demo(ray_cluster, tiny_encoder, tmp_path):
 
     # every epoch was checkpointed with the whole resume state
     state = latest_state(tmp_path)
-    assert state["epoch"] == 2 and state["step"] == 2 * 8
+    assert state["epoch"] == 2 and state["step"] == 2 * 9  # ceil(69 / 8) steps an epoch
 
     metrics = run_evaluate(EvaluateConfig(root=str(tmp_path), data=DataConfig(k=8, seed=42)))
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -71,35 +96,15 @@ def test_finetune_then_evaluate_on_demo(ray_cluster, tiny_encoder, tmp_path):
     # a re-run on the same root with more epochs resumes after epoch 2, not from zero
     summary = run_finetune(config(tmp_path, tiny_encoder, epochs=3))
     state = latest_state(tmp_path)
-    assert state["epoch"] == 3 and state["step"] == 3 * 8
+    assert state["epoch"] == 3 and state["step"] == 3 * 9
 
 
-def test_synthetic_data_is_merged_and_counted(ray_cluster, tiny_encoder, tmp_path):
-    synthetic = [Instance(id=f"syn-{i}", tokens=("Ann", "Lee", "works", "for", "Orbix", "."),
-                          head=Span(0, 2, "Ann Lee", "person"),
-                          tail=Span(4, 5, "Orbix", "organization"),
-                          relation="per:employee_of", source="llm",
-                          provenance={"model": "test"}) for i in range(5)]
-    unknown = Instance(id="syn-x", tokens=("A", "b", "C"), head=Span(0, 1, "A", "person"),
-                       tail=Span(2, 3, "C", "person"), relation="per:unknown_label", source="llm")
-    (tmp_path / "knowledge").mkdir()
-    readers.write_parquet(synthetic + [unknown], tmp_path / "knowledge" / "synthetic.parquet")
-    summary = run_finetune(config(tmp_path, tiny_encoder, epochs=1))
-    assert summary["train_synthetic"] == 5
-    assert summary["train_label_counts"]["per:employee_of"] == 8 + 5
-
-
-def test_two_workers_ddp(ray_cluster, tiny_encoder, tmp_path):
-    summary = run_finetune(config(tmp_path, tiny_encoder, epochs=1, num_workers=2))
+def test_two_workers_deepspeed_zero2(ray_cluster, tiny_encoder, tmp_path):
+    """Fine-tuning runs on the same scaffold as pre-training: DeepSpeed ZeRO-2 on 2 workers,
+    its sharded checkpoints carrying the loop state, the export gathered from them."""
+    summary = run_finetune(config(tmp_path, tiny_encoder, epochs=1, strategy="deepspeed",
+                                  num_workers=2))
     assert summary["best_epoch"] == 1
     assert latest_state(tmp_path)["step"] == 8
-
-
-def test_existing_root_with_other_k_is_refused(ray_cluster, tiny_encoder, tmp_path):
-    from tkre.schema import DataError
-
-    run_finetune(config(tmp_path, tiny_encoder, epochs=1))
-    other = config(tmp_path, tiny_encoder, epochs=1)
-    other.data.k = 4
-    with pytest.raises(DataError, match="already holds data drawn with"):
-        run_finetune(other)
+    model, _, meta = load_classifier(tmp_path / "finetune" / "model")
+    assert len(meta.labels) == 8 and model.head[-1].out_features == 8

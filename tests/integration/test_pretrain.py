@@ -1,5 +1,7 @@
 """Both pre-training stages on a local Ray cluster: DeepSpeed ZeRO-2 on 2 CPU workers, S3
-checkpoints, resume after an injected failure, 1 vs 2 workers, and the bundled encoder."""
+checkpoints, resume after an injected failure, 1 vs 2 workers. The bundled encoder and a run
+root relative to the launch directory are covered by the README's pre-training command
+(tests/unit/test_readme.py)."""
 
 from __future__ import annotations
 
@@ -64,29 +66,15 @@ def test_both_stages_zero2_two_workers_checkpoints_in_s3(ray_cluster, s3_bucket,
     # the exported encoder is a plain transformers model, and fine-tuning picks it by default
     from transformers import AutoModel
 
-    from tkre.config import FinetuneConfig
-    from tkre.finetune.run import choose_encoder
+    from tkre import layout
 
     local = storage.local_copy(f"{root}/pretrain/scl/model")
     assert AutoModel.from_pretrained(local).config.hidden_size == 32
-    assert choose_encoder(FinetuneConfig(root=root)) == f"{root}/pretrain/scl/model"
+    assert layout.finetune_start(root, "auto") == f"{root}/pretrain/scl/model"
 
     # a finished stage is skipped on a re-run
     again = run_pretrain(cfg)
     assert again["mslm"]["wall_s"] == results["mslm"]["wall_s"]
-
-
-def test_a_relative_root_reaches_the_workers(ray_cluster, tmp_path: Path, tiny_encoder,
-                                            monkeypatch: pytest.MonkeyPatch):
-    """A root relative to the launch directory (the README's runs/demo): stage 2 reads stage
-    1's export inside a Ray worker, whose working directory is not the driver's."""
-    prepared_root(str(tmp_path / "rel"))
-    monkeypatch.chdir(tmp_path)
-    cfg = small("rel", tiny_encoder, strategy="ddp", max_steps=2, checkpoint_every=2,
-                train=TrainConfig(num_workers=1))
-    results = run_pretrain(cfg)
-    assert results["scl"]["steps"] == 2
-    assert results["scl"]["encoder_start"] == str(tmp_path / "rel" / "pretrain/mslm/model")
 
 
 def test_injected_failure_resumes_from_checkpoint_zero3(ray_cluster, tmp_path: Path,
@@ -126,13 +114,3 @@ def test_two_workers_follow_one_worker_loss(ray_cluster, tmp_path: Path, tiny_en
     assert one[-1] < one[0]  # it learns
     for a, b in zip(one, two, strict=True):
         assert b == pytest.approx(a, rel=0.02)
-
-
-@pytest.mark.real_model
-def test_smoke_bundled_encoder(ray_cluster, tmp_path: Path):
-    root = prepared_root(str(tmp_path / "run"))
-    cfg = PretrainConfig(root=root, max_steps=2, batch_size=4, checkpoint_every=2, log_every=1,
-                         strategy="deepspeed", zero_stage=1)
-    results = run_pretrain(cfg)
-    assert results["mslm"]["steps"] == 2 and results["scl"]["steps"] == 2
-    assert (tmp_path / "run/pretrain/scl/model/model.safetensors").exists()

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from tests.tiny import make_tiny_encoder
 from tests.unit.test_extract import LABELS, TEXT, item, make_model_root
-from tkre.serving import REPLICA_HEADER, AppArgs, ExtractorDeployment
+from tkre.extract.deployment import REPLICA_HEADER, AppArgs, ExtractorDeployment
 
 pytestmark = pytest.mark.integration
 CPU = {"num_cpus": 0.25}  # replicas fit beside other actors in the 4-CPU test cluster

@@ -17,7 +17,7 @@ from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDepl
 from tests.integration.test_serve import free_port
 from tests.tiny import make_tiny_encoder
 from tests.unit.test_extract import item, make_model_root
-from tkre.serving import AppArgs
+from tkre.extract.deployment import AppArgs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [REPO / "serve" / "config.yaml", REPO / "serve" / "config-gpu.yaml"]

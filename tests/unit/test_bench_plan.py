@@ -15,10 +15,14 @@ from tkre.bench.quality import (
 
 
 def fake_model(root, owner: str, stage: str) -> str:
-    folder = root / "bench" / "demo" / owner / "pretrain" / stage / "model"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    return str(folder)
+    """A complete pre-training stage (export + metrics) in a variant's run root."""
+    from tkre import layout, storage
+
+    run_root = str(root / "bench" / "demo" / owner)
+    folder = layout.pretrain_model(run_root, stage)
+    storage.write_json(f"{folder}/config.json", {})
+    storage.write_json(layout.pretrain_metrics(run_root, stage), {})
+    return folder
 
 
 def test_every_variant_has_a_plan():

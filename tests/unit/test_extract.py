@@ -1,7 +1,9 @@
-"""tkre.extract: the wire format, trained + registered relations, and the registry on disk/S3."""
+"""tkre.extract: the wire format, the extractor (trained + registered relations) and the
+registry on disk/S3."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,13 +11,10 @@ import torch
 
 from tests.tiny import make_tiny_encoder
 from tkre import storage
-from tkre.extract import (
-    Extractor,
-    Limits,
-    parse_item,
-    parse_items,
-)
-from tkre.fewshot import Calibration
+from tkre.extract import Extractor
+from tkre.extract.extractor import TrainedLabelError
+from tkre.extract.prototypes import Calibration
+from tkre.extract.wire import RequestLimits, limits_from, parse_item, parse_items
 from tkre.finetune.model import (
     ModelMeta,
     RelationClassifier,
@@ -98,7 +97,8 @@ def test_token_item_and_entities_yield_every_ordered_pair():
     ({"tokens": ["a", "b"], "head": {"start": 0, "end": 1}, "tail": {"start": 1, "end": 3}},
      "item.tail.start"),
     ({"text": TEXT, "tokens": ["a"], "head": {"start": 0, "end": 1},
-      "tail": {"start": 1, "end": 2}}, "item.text"),
+      "tail": {"start": 1, "end": 2}}, "item.tokens"),
+    (item() | {"head": {"start": 0, "end": 10, "type": "x" * 65}}, "item.head.type"),
     (item() | {"head": {"start": "0", "end": 4}}, "item.head.start"),
     ("not an object", "item"),
 ])
@@ -106,6 +106,33 @@ def test_bad_items_name_the_field(bad, field):
     with pytest.raises(DataError) as err:
         parse_item(bad)
     assert err.value.field == field or err.value.field.startswith(field), err.value
+
+
+@pytest.mark.parametrize("row", [
+    {"text": "Tomas O'Neil moved to Port-au-Prince in 2004.",
+     "head": {"start": 0, "end": 12, "type": "PERSON", "text": "Tomas O'Neil"},
+     "tail": {"start": 22, "end": 36}},
+    {"tokens": ["Mira", "founded", "Acme", "Labs", "."],
+     "head": {"start": 0, "end": 1, "type": "PERSON"}, "tail": {"start": 2, "end": 4}},
+])
+def test_a_wire_item_reads_as_the_same_jsonl_line(row: dict, tmp_path: Path):
+    """One reader of the text/token form: a request item and a JSONL line with the same text
+    and offsets give the same tokens and spans, and the same error for the same bad span."""
+    from tkre.data.readers import read_jsonl
+
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(row | {"relation": "r"}) + "\n")
+    (line,) = read_jsonl(path)
+    (wire,) = parse_item(row, relation="r").instances
+    assert (wire.tokens, wire.head, wire.tail) == (line.tokens, line.head, line.tail)
+    bad = row | {"tail": {"start": row["tail"]["start"], "end": 99}}
+    path.write_text(json.dumps(bad | {"relation": "r"}) + "\n")
+    with pytest.raises(DataError) as from_file:
+        read_jsonl(path)
+    with pytest.raises(DataError) as from_wire:
+        parse_item(bad, "items[3]")
+    assert from_wire.value.message == from_file.value.message
+    assert from_wire.value.field == f"items[3].{from_file.value.field}"
 
 
 def test_overlapping_head_and_tail_is_rejected():
@@ -118,7 +145,7 @@ def test_overlapping_head_and_tail_is_rejected():
 
 
 def test_request_limits():
-    limits = Limits(max_items=2, max_text_chars=20, max_pairs=3)
+    limits = RequestLimits(max_items=2, max_text_chars=20, max_pairs=3)
     with pytest.raises(DataError, match="limit is 2") as err:
         parse_items([item()] * 3, limits)
     assert err.value.field == "items"
@@ -133,6 +160,9 @@ def test_request_limits():
     with pytest.raises(DataError) as err:
         parse_items([], limits)
     assert err.value.field == "items"
+    assert limits_from({"max_items": "2"}) == RequestLimits(max_items=2)
+    with pytest.raises(ValueError, match="unknown limits: max_itms"):
+        limits_from({"max_itms": 2})
 
 
 # --- prediction and run-time relations ------------------------------------------------------
@@ -189,7 +219,7 @@ def test_register_rejects_bad_requests(root: Path):
             ("bad name!", [item()], "name"),
             ("", [item()], "name"),
             ("ok", [], "examples"),
-            ("ok", [item(tail=(23, 29))], "examples[0].tail"),
+            ("ok", [item(tail=(23, 29))], "examples[0].tail.end"),
             ("ok", [{"text": TEXT, "entities": [{"start": 0, "end": 10},
                                                 {"start": 23, "end": 28}]}],
              "examples[0].head")]:
@@ -211,6 +241,48 @@ def test_registrations_persist_and_reach_other_extractors(root: Path):
     assert second.unregister("born_in") and not second.unregister("born_in")
     assert first.extract([item()])[0]["relation"] in LABELS
     assert [r["kind"] for r in first.relations()] == ["trained"] * len(LABELS)
+    with pytest.raises(TrainedLabelError, match="trained label"):
+        first.unregister("no_relation")
+
+
+def test_extract_is_prepare_predict_results(root: Path):
+    """The three steps the Serve deployment calls one by one give extract's answer; predict
+    scores the pairs of several requests together (one batch) as each alone."""
+    extractor = Extractor.from_root(str(root))
+    requests = [[item()], [{"text": TEXT, "entities": [{"start": 0, "end": 10},
+                                                       {"start": 23, "end": 28}]}]]
+    prepared = [extractor.prepare(items, top_k=2) for items in requests]
+    pooled = extractor.predict([e for _, encoded in prepared for e in encoded], top_k=10,
+                               batch_size=8)
+    assert len(pooled) == 3
+    answers = [extractor.results(prepared[0][0], pooled[:1], 2),
+               extractor.results(prepared[1][0], pooled[1:], 2)]
+    for items, answer in zip(requests, answers, strict=True):
+        names, scores = _flat(answer)
+        expected_names, expected_scores = _flat(extractor.extract(items, top_k=2))
+        assert names == expected_names  # padding differs between the batches: scores ~equal
+        assert scores == pytest.approx(expected_scores, abs=1e-5)
+
+
+def _flat(results: list[dict]) -> tuple[list, list[float]]:
+    """(every relation name and pair index, every score) of extract's results, in order."""
+    rows = [pair for result in results for pair in result.get("pairs", [result])]
+    names = [(r.get("head"), r.get("tail"), r["relation"], [t["relation"] for t in r["top_k"]])
+             for r in rows]
+    return names, [s for r in rows for s in (r["score"], *(t["score"] for t in r["top_k"]))]
+
+
+def test_a_registry_storage_error_keeps_predictions_going(root: Path, monkeypatch, caplog):
+    extractor = Extractor.from_root(str(root), refresh_s=0)
+    extractor.register("born_in", [item()])
+
+    def broken(*_, **__):
+        raise OSError("storage is down")
+
+    monkeypatch.setattr(extractor.registry, "_listing", broken)
+    (result,) = extractor.extract([item()], top_k=4)
+    assert result["relation"] == "born_in"  # the relations already known are still used
+    assert "relation registry refresh failed" in caplog.text
 
 
 def test_extract_checks_top_k_and_entities_that_cannot_fit(root: Path):

@@ -1,4 +1,5 @@
-"""tkre.fewshot: prototypes, seeded episodes, calibration, and the FewRel evaluation job."""
+"""tkre.extract.prototypes and .episodes: prototypes, seeded episodes, calibration, and the
+FewRel evaluation job with its config."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ import pytest
 import torch
 
 from tests.tiny import make_tiny_encoder
-from tkre.fewshot import (
+from tkre.config import ConfigError, FewshotEvalConfig, parse_args
+from tkre.extract.episodes import (
     Episode,
-    FewshotEvalConfig,
-    PairEncoder,
     _score_episode,
     episode_accuracy,
-    fit_calibration,
     parse_settings,
-    prototype,
     run_fewshot_eval,
     sample_episodes,
 )
+from tkre.extract.prototypes import PairEncoder, fit_calibration, prototype
 from tkre.schema import Instance, Span
 
 
@@ -69,6 +68,30 @@ def test_calibration_puts_the_threshold_between_the_two_classes():
 def test_settings_parse():
     assert parse_settings("5x1, 10x5") == [(5, 1), (10, 5)]
     assert parse_settings("5-1") == [] and parse_settings("1x1") == []
+
+
+# --- the job's config: the FewRel folder comes from a flag or $TKRE_DATA_DIR, nowhere else ----
+
+def test_config_without_data_dir_or_env_says_what_to_pass(monkeypatch):
+    monkeypatch.delenv("TKRE_DATA_DIR", raising=False)
+    with pytest.raises(ConfigError, match=r"^data_dir: .*--data-dir or set \$TKRE_DATA_DIR"):
+        FewshotEvalConfig()
+
+
+def test_config_data_dir_from_flag_else_env(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("TKRE_DATA_DIR", str(tmp_path))
+    assert FewshotEvalConfig().data_dir == str(tmp_path / "fewrel")
+    cfg = parse_args(FewshotEvalConfig, ["--data-dir", "/d", "--settings", "10x1"])
+    assert cfg.data_dir == "/d" and cfg.settings == "10x1"
+    with pytest.raises(ConfigError, match="^settings: must look like"):
+        FewshotEvalConfig(settings="5-1")
+    with pytest.raises(ConfigError, match="^episodes: must be >= 1"):
+        FewshotEvalConfig(episodes=0)
+
+
+def test_job_without_the_fewrel_file_names_the_path(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="val_wiki.json not found: pass --data-dir"):
+        run_fewshot_eval(FewshotEvalConfig(data_dir=str(tmp_path)))
 
 
 # --- on instances, with a tiny encoder and with the real FewRel file ---------------------------

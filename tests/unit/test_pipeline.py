@@ -62,17 +62,29 @@ def test_bad_sections_name_the_field(tmp_path: Path):
 
 
 def test_complete_stages_are_skipped_and_missing_ones_run(tmp_path: Path, monkeypatch):
-    ran = []
+    ran, prepared = [], []
     done = {"knowledge": True, "mslm": True, "scl": False, "finetune": False, "evaluate": False}
 
     def fake_runners(cfg):
-        return {name: (lambda name=name: done[name], lambda name=name: ran.append(name))
+        return {name: (lambda splits, name=name: ran.append((name, id(splits))))
                 for name in done}
 
+    real_prepare = pipeline.datasets.prepare
+
+    def counting_prepare(*args):
+        prepared.append(args)
+        return real_prepare(*args)
+
     monkeypatch.setattr(pipeline, "stage_runners", fake_runners)
+    monkeypatch.setattr(pipeline.layout, "STAGE_DONE",
+                        {name: (lambda root, name=name: done[name]) for name in done})
+    monkeypatch.setattr(pipeline.datasets, "prepare", counting_prepare)
+    # given out of order: the pipeline runs them in the method's order
     report = pipeline.run_pipeline(PipelineConfig(root=str(tmp_path / "run"),
-                                                  stages="knowledge,mslm,scl,finetune"))
-    assert ran == ["scl", "finetune"]
+                                                  stages="finetune,scl,mslm,knowledge"))
+    assert [name for name, _ in ran] == ["scl", "finetune"]
+    # the data split is prepared once and the same splits reach every stage
+    assert len(prepared) == 1 and len({splits for _, splits in ran}) == 1
     assert report["stages"]["knowledge"] == {"skipped": True}
     assert report["stages"]["scl"]["wall_s"] >= 0
     assert (tmp_path / "run" / "pipeline.json").exists()

@@ -18,6 +18,8 @@ from tkre.data.readers import (
     read_pid2name,
     read_semeval,
     read_tacred,
+    record_span,
+    record_words,
     write_parquet,
 )
 from tkre.schema import DataError, Instance, Span
@@ -364,6 +366,61 @@ def test_jsonl_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file") as exc:
         read_instances(tmp_path / "absent.jsonl")
     check(exc, tmp_path / "absent.jsonl", None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the text / token form of one record (JSONL lines and the service's items share it)
+
+
+def test_record_words_and_span_text_form() -> None:
+    text, tokens, offsets = record_words(TEXT_ROW)
+    assert text == TEXT_ROW["text"]
+    assert tokens == ["Tomas", "O'Neil", "moved", "to", "Port-au-Prince", "in", "2004", "."]
+    assert offsets[4] == (22, 36)
+    assert record_span(TEXT_ROW["head"], "head", text, tokens, offsets) == Span(
+        0, 2, "Tomas O'Neil", "PERSON")
+    assert record_span({"start": 22, "end": 36, "type": ""}, "tail", text, tokens,
+                       offsets) == Span(4, 5, "Port-au-Prince", None)  # "" type: none
+
+
+def test_record_words_and_span_token_form() -> None:
+    text, tokens, offsets = record_words(TOKEN_ROW)
+    assert (text, tokens, offsets) == (None, TOKEN_ROW["tokens"], [])
+    assert record_span(TOKEN_ROW["tail"], "tail", text, tokens, offsets) == Span(
+        2, 4, "Acme Labs", "ORG")
+
+
+@pytest.mark.parametrize(("row", "value", "field", "needle"), [
+    ({"text": "a b", "tokens": ["a", "b"]}, None, "items[0].tokens", "exactly one of tokens"),
+    ({}, None, "items[0].tokens", "exactly one of tokens"),
+    ({"text": "  "}, None, "items[0].text", "non-empty string"),
+    ({"text": " \u00a0 "}, None, "items[0].text", "non-empty string"),
+    ({"tokens": []}, None, "items[0].tokens", "non-empty list"),
+    ({"tokens": ["a", 3]}, None, "items[0].tokens", "token 1 must be a string"),
+    ({"tokens": ["a", "b "]}, None, "items[0].tokens", "surrounding whitespace"),
+    ({"text": "Ada met Bob ."}, [0, 3], "items[0].head", "must be an object"),
+    ({"text": "Ada met Bob ."}, None, "items[0].head", "is missing"),
+    ({"text": "Ada met Bob ."}, {"start": 0}, "items[0].head.end", "is missing"),
+    ({"text": "Ada met Bob ."}, {"start": 20, "end": 23}, "items[0].head.start", "outside"),
+    ({"text": "Ada met Bob ."}, {"start": 0, "end": 23}, "items[0].head.end", "past the text"),
+    ({"text": "Ada met Bob ."}, {"start": 1, "end": 3}, "items[0].head.start", "start of a"),
+    ({"text": "Ada met Bob ."}, {"start": 0, "end": 2}, "items[0].head.end", "end of a token"),
+    ({"text": "Ada met Bob ."}, {"start": 3, "end": 3}, "items[0].head.start", "empty"),
+    ({"text": "Ada met Bob ."}, {"start": 0, "end": 3, "text": "Bob"}, "items[0].head.text",
+     "does not match characters"),
+    ({"tokens": ["Ada", "met"]}, {"start": 1, "end": 3}, "items[0].head.start",
+     "not inside the 2 tokens"),
+    ({"tokens": ["Ada", "met"]}, {"start": 0, "end": 1, "text": "met"}, "items[0].head.text",
+     "does not match the tokens"),
+    ({"tokens": ["Ada", "met"]}, {"start": 0, "end": 1, "type": 7}, "items[0].head.type",
+     "string or null"),
+])
+def test_record_errors_name_the_field_under_where(row: dict, value: object, field: str,
+                                                  needle: str) -> None:
+    with pytest.raises(DataError, match=needle) as exc:
+        words = record_words(row, "items[0]")
+        record_span(value, "items[0].head", *words)
+    assert exc.value.field == field, exc.value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,16 @@ def test_readme_main_job_runs_on_the_embedded_default(tmp_path):
     assert not any(stage.get("skipped") for stage in report["stages"].values())
     assert json.loads((root / "finetune" / "metrics.json").read_text())["encoder"].endswith(
         "pretrain/scl/model")
+    # the bundled generator ran (this is its smoke test): one explanation request per
+    # relation, and every accepted explanation names both entities at its stored offsets
+    import pyarrow.parquet as pq
+
+    knowledge = json.loads((root / "knowledge" / "stats.json").read_text())
+    assert knowledge["explanations"]["requested"] == 7
+    assert knowledge["generation"]["tokens_this_run"] > 7 * 10
+    for row in pq.read_table(root / "knowledge" / "explanations.parquet").to_pylist():
+        assert row["text"][row["head_start"]:row["head_end"]].lower() == row["head"].lower()
+        assert row["text"][row["tail_start"]:row["tail_end"]].lower() == row["tail"].lower()
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     # 8 labels, 8 examples each: a real encoder must do far better than chance (1/8)
     assert metrics["micro_f1"] > 0.4, metrics["micro_f1"]
@@ -86,7 +96,9 @@ def test_readme_main_job_runs_on_the_embedded_default(tmp_path):
 @pytest.mark.real_model
 def test_readme_pretrain_command_runs(tmp_path):
     """The README's pre-training example (bundled encoder, DeepSpeed ZeRO-2 on 2 workers), on
-    knowledge artifacts written by the test instead of the LLM."""
+    knowledge artifacts written by the test instead of the LLM. The root stays relative to the
+    launch directory, as in the README: stage 2 reads stage 1's export inside a Ray worker,
+    whose working directory is not the driver's."""
     from tests.pretrain_fixtures import write_knowledge
     from tkre.config import DataConfig
     from tkre.data import datasets
@@ -95,7 +107,8 @@ def test_readme_pretrain_command_runs(tmp_path):
                  if line.startswith("python jobs/pretrain.py")]
     root = tmp_path / "pretrain-demo"
     write_knowledge(str(root), datasets.prepare(DataConfig(), str(root)).train)
-    command = command.replace("runs/pretrain-demo", str(root))
+    assert "--root runs/pretrain-demo" in command
+    command = command.replace("runs/pretrain-demo", os.path.relpath(root, REPO))
     out = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True,
                          timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -103,6 +116,8 @@ def test_readme_pretrain_command_runs(tmp_path):
         metrics = json.loads((root / "pretrain" / stage / "metrics.json").read_text())
         assert metrics["steps"] == 10 and metrics["num_workers"] == 2
         assert metrics["zero_stage"] == 2 and metrics["samples_per_s"] > 0
+    assert metrics["encoder_start"] == str(root / "pretrain" / "mslm" / "model")
+    assert (root / "pretrain" / "scl" / "model" / "model.safetensors").exists()
 
 
 @pytest.mark.integration

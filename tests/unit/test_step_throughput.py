@@ -10,7 +10,7 @@ import pytest
 import torch.distributed as dist
 
 from tests.tiny import make_tiny_encoder
-from tkre.baselines import run_original_mslm
+from tkre.bench.baselines import run_original_mslm
 from tkre.config import DataConfig, PretrainConfig
 from tkre.data import datasets
 from tkre.pretrain.data import from_instance

@@ -73,12 +73,6 @@ FULL = {
 PRESETS = {"quick": QUICK, "full": FULL}
 
 
-def _shared(name: str) -> str:
-    base = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[3] / "shared"
-                / "data")
-    return str(base / name)
-
-
 def int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -97,11 +91,10 @@ class BenchConfig:
                        default=",".join(PARTS))
     data: str = _help("quality data set: semeval (the benchmark) or demo (smoke tests)",
                       default="semeval")
-    data_dir: str | None = _help("SemEval folder; default: $TKRE_DATA_DIR/semeval2010_task8, "
-                                 "else ../shared/data/semeval2010_task8", default=None)
+    data_dir: str | None = _help("SemEval folder; default: $TKRE_DATA_DIR/semeval2010_task8",
+                                 default=None)
     fewrel_file: str | None = _help("FewRel-format JSON; default: $TKRE_DATA_DIR/fewrel/"
-                                    "val_wiki.json, else ../shared/data/fewrel/val_wiki.json",
-                                    default=None)
+                                    "val_wiki.json", default=None)
     variants: str = _help(f"comma-separated quality variants: {','.join(VARIANTS)}",
                           default=",".join(VARIANTS))
     ks: str | None = _help("comma-separated K values, each run with every seed", default=None)
@@ -167,10 +160,12 @@ class BenchConfig:
         for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.data_dir is None and self.data == "semeval":
-            self.data_dir = _shared("semeval2010_task8")
-        if self.fewrel_file is None:
-            self.fewrel_file = str(Path(_shared("fewrel")) / "val_wiki.json")
+        # data locations: flags, else $TKRE_DATA_DIR (never the package's own path)
+        base = os.environ.get(DATA_ENV)
+        if self.data_dir is None and self.data == "semeval" and base:
+            self.data_dir = str(Path(base) / "semeval2010_task8")
+        if self.fewrel_file is None and base:
+            self.fewrel_file = str(Path(base) / "fewrel" / "val_wiki.json")
         self.validate()
 
     def preset_values(self) -> dict:
@@ -199,6 +194,18 @@ class BenchConfig:
             _check(getattr(self, name) >= 1, name, "must be >= 1")
         _check(all(b in ("hf", "vllm") for b in self.gen_speed_backends.split(",")),
                "gen_speed_backends", "must be a comma-separated subset of hf,vllm")
+
+    def require_data(self) -> None:
+        """Before measuring: the data the chosen parts read must have a location."""
+        if self.report_only:
+            return
+        _check(not (self.data == "semeval" and not self.data_dir
+                    and set(self.part_list) - {"flops"}), "data_dir",
+               f"no SemEval folder: pass --data-dir or set ${DATA_ENV} (its "
+               "semeval2010_task8/ subfolder is used)")
+        _check(not ("fewrel" in self.part_list and not self.fewrel_file), "fewrel_file",
+               f"no FewRel file: pass --fewrel-file or set ${DATA_ENV} (its "
+               "fewrel/val_wiki.json is used)")
 
     @property
     def part_list(self) -> list[str]:

@@ -1,9 +1,11 @@
 """Quality: SemEval K-shot micro-F1 / macro-F1 per variant, and FewRel N-way K-shot accuracy.
 
 Layout under ROOT/bench/<data>/k<K>-s<seed>/: one run root per variant (the stages refuse a
-root holding another K-shot draw, so each draw has its own folders). Knowledge is generated
-once per draw (or, with `share_knowledge`, once for the whole bench) and copied into the
-variant roots; the ablations are pre-training switches (tkre.config.PretrainConfig):
+root holding another K-shot draw, so each draw has its own folders). Every stage runs through
+the pipeline (`tkre.pipeline.run_pipeline`, the one place that orders stages) on that root, and
+every path comes from `tkre.layout`. Knowledge is generated once per draw (or, with
+`share_knowledge`, once for the whole bench) and copied into the variant roots; the ablations
+are pre-training switches (tkre.config.PretrainConfig):
 
     finetune_only  fine-tune the base encoder on the K-shot set, no knowledge
     tkre           MSLM -> SCL -> fine-tune on K-shot + synthetic
@@ -17,27 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.bench.config import BenchConfig
 from tkre.bench.units import cached
-from tkre.config import (
-    DataConfig,
-    EvaluateConfig,
-    FinetuneConfig,
-    GenerateConfig,
-    PretrainConfig,
-    TrainConfig,
-)
+from tkre.config import DataConfig, PipelineConfig, TrainConfig
 from tkre.data import datasets
-from tkre.pipeline import knowledge_done
-
-KNOWLEDGE_FILES = ("explanations.parquet", "synthetic.parquet", "stats.json")  # stats last
 
 # variant -> (root that owns its pre-training, stages it needs, PretrainConfig switches)
 PRETRAINING = {
@@ -54,7 +45,15 @@ Guard = Callable[[str, Callable[[], Any]], Any]
 
 
 def draw_root(cfg: BenchConfig, k: int, seed: int) -> str:
-    return storage.join(cfg.root, "bench", cfg.data, f"k{k}-s{seed}")
+    return layout.bench_run(cfg.root, cfg.data, f"k{k}-s{seed}")
+
+
+def run_stages(root: str, data: DataConfig, stages: tuple[str, ...], **sections: dict) -> dict:
+    """The pipeline's stages `stages` on `root` (it orders them and skips finished ones)."""
+    from tkre.pipeline import run_pipeline
+
+    return run_pipeline(PipelineConfig(root=root, data=data, stages=",".join(stages),
+                                       **sections))
 
 
 def data_config(cfg: BenchConfig, k: int, seed: int) -> DataConfig:
@@ -69,9 +68,10 @@ def train_config(cfg: BenchConfig, workers: int = 1) -> TrainConfig:
                        cpus_per_worker=8.0 if cfg.use_gpu else max(1.0, cores // workers))
 
 
-def generate_config(cfg: BenchConfig, root: str, data: DataConfig) -> GenerateConfig:
-    return GenerateConfig(
-        root=root, data=data, model=cfg.generator, backend=cfg.backend, num_gpus=cfg.num_gpus,
+def generate_section(cfg: BenchConfig) -> dict:
+    """The pipeline's `generate` section (GenerateConfig fields) for the bench's sizes."""
+    return dict(
+        model=cfg.generator, backend=cfg.backend, num_gpus=cfg.num_gpus,
         explanations_per_relation=cfg.explanations_per_relation,
         synthetic_per_relation=cfg.synthetic_per_relation, oversample=cfg.oversample,
         max_rounds=cfg.max_rounds, max_tokens_explanation=cfg.max_tokens_explanation,
@@ -83,34 +83,31 @@ def knowledge_root(cfg: BenchConfig, k: int, seed: int) -> tuple[str, DataConfig
     """Where a draw's knowledge is generated, and the K-shot draw it is generated from."""
     if cfg.share_knowledge:
         first_k, first_seed = cfg.draws()[0]
-        return (storage.join(cfg.root, "bench", cfg.data, "knowledge-shared"),
+        return (layout.bench_run(cfg.root, cfg.data, "knowledge-shared"),
                 data_config(cfg, first_k, first_seed))
     return storage.join(draw_root(cfg, k, seed), "knowledge-gen"), data_config(cfg, k, seed)
 
 
 def ensure_knowledge(cfg: BenchConfig, k: int, seed: int) -> str:
     """Generate the draw's knowledge unless it is there; returns the root that holds it."""
-    from tkre.knowledge.job import run_generate
-
     root, data = knowledge_root(cfg, k, seed)
-    if not knowledge_done(root):
-        run_generate(generate_config(cfg, root, data))
+    run_stages(root, data, ("knowledge",), generate=generate_section(cfg))
     return root
 
 
 def copy_knowledge(source_root: str, target_root: str) -> None:
-    if knowledge_done(target_root):
+    """The knowledge artifacts into another run root (stats.json, the completion mark, last)."""
+    if layout.knowledge_done(target_root):
         return
-    for name in KNOWLEDGE_FILES:
-        source = Path(storage.join(source_root, "knowledge", name))
-        target = Path(storage.join(target_root, "knowledge", name))
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for source, target in zip(layout.knowledge_files(source_root),
+                              layout.knowledge_files(target_root), strict=True):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 
 
 def knowledge_summary(root: str) -> dict:
     """Accepted / requested counts of the knowledge every variant of a draw used."""
-    stats = storage.read_json(storage.join(root, "knowledge", "stats.json"))
+    stats = storage.read_json(layout.knowledge_stats(root))
     explained, totals = stats.get("explanations", {}), stats.get("totals", {})
     return {"explanations_accepted": explained.get("accepted"),
             "explanations_requested": explained.get("requested"),
@@ -119,10 +116,10 @@ def knowledge_summary(root: str) -> dict:
             "generation": stats.get("generation", {}), "root": root}
 
 
-def pretrain_config(cfg: BenchConfig, root: str, data: DataConfig, stage: str,
-                    switches: dict) -> PretrainConfig:
-    return PretrainConfig(
-        root=root, data=data, train=train_config(cfg), stage=stage, encoder=cfg.encoder,
+def pretrain_section(cfg: BenchConfig, switches: dict) -> dict:
+    """The pipeline's `pretrain` section (PretrainConfig fields) for the bench's sizes."""
+    return dict(
+        train=asdict(train_config(cfg)), encoder=cfg.encoder,
         strategy=cfg.strategy, zero_stage=cfg.zero_stage, precision=cfg.precision,
         max_steps=cfg.pretrain_steps,
         batch_size=cfg.pretrain_batch_size, max_length=cfg.pretrain_max_length,
@@ -132,7 +129,6 @@ def pretrain_config(cfg: BenchConfig, root: str, data: DataConfig, stage: str,
 def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: str) -> dict:
     """Every stage the variants owned by `owner` need, in its root; skips finished stages."""
     from tkre.pretrain.data import stage_texts
-    from tkre.pretrain.run import is_complete, run_pretrain
 
     root, data = storage.join(draw_root(cfg, k, seed), owner), data_config(cfg, k, seed)
     splits = datasets.prepare(data, root)
@@ -142,18 +138,18 @@ def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: 
     switches = next(PRETRAINING[v][2] for v in PRETRAINING
                     if PRETRAINING[v] and PRETRAINING[v][0] == owner)
     notes, out = [], {}
-    for stage in stages:
-        stage_cfg = pretrain_config(cfg, root, data, stage, switches)
-        texts, counts = stage_texts(stage, root, splits.train, stage_cfg.mslm_synthetic,
-                                    stage_cfg.use_explanations, stage_cfg.use_synthetic)
-        if stage == "mslm" and not texts:
+    if "mslm" in stages:
+        texts, counts = stage_texts("mslm", root, splits.train,
+                                    use_explanations=switches.get("use_explanations", True),
+                                    use_synthetic=switches.get("use_synthetic", True))
+        if not texts:
             # the LLM gave this ablation nothing to pre-train on: stage 2 starts from the base
             notes.append(f"stage 1 skipped: no texts ({counts})")
             switches = {**switches, "scl_init": "encoder"}
-            continue
-        if not is_complete(root, stage):
-            run_pretrain(stage_cfg)
-        metrics = storage.read_json(storage.join(root, "pretrain", stage, "metrics.json"))
+            stages = [s for s in stages if s != "mslm"]
+    run_stages(root, data, tuple(stages), pretrain=pretrain_section(cfg, switches))
+    for stage in stages:
+        metrics = storage.read_json(layout.pretrain_metrics(root, stage))
         out[stage] = {key: metrics.get(key) for key in
                       ("steps", "texts", "samples_per_s", "tokens_per_s", "mfu", "wall_s")}
     return {"root": root, "stages": out, "notes": notes}
@@ -167,38 +163,29 @@ def finetune_encoder(cfg: BenchConfig, variant: str, k: int, seed: int) -> str:
     source = (k, seed) if not cfg.share_pretraining else cfg.draws()[0]
     root = storage.join(draw_root(cfg, *source), owner)
     for stage in reversed(stages):
-        folder = storage.join(root, "pretrain", stage, "model")
-        if storage.exists(storage.join(folder, "config.json")):
-            return folder
-    raise FileNotFoundError(f"{variant}: no pre-trained encoder under {root}/pretrain")
+        if layout.pretrain_done(root, stage):
+            return layout.pretrain_model(root, stage)
+    raise FileNotFoundError(f"{variant}: no pre-trained encoder under {root}")
 
 
 def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: str) -> dict:
     """Fine-tune and evaluate one variant of one draw: its unit record."""
-    from tkre.finetune.evaluate import run_evaluate
-    from tkre.finetune.run import run_finetune
-    from tkre.pipeline import evaluate_done, finetune_done
-
     root, data = storage.join(draw_root(cfg, k, seed), variant), data_config(cfg, k, seed)
-    datasets.prepare(data, root)
     use_synthetic = variant not in WITHOUT_SYNTHETIC
     if use_synthetic:
         copy_knowledge(knowledge, root)
     encoder = finetune_encoder(cfg, variant, k, seed)
-    walls = {}
-    started = time.perf_counter()
-    if not finetune_done(root):
-        run_finetune(FinetuneConfig(
-            root=root, encoder=encoder, data=data, train=train_config(cfg),
-            epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
-            max_length=cfg.finetune_max_length, use_synthetic=use_synthetic))
-    walls["finetune_s"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    if not evaluate_done(root):
-        run_evaluate(EvaluateConfig(root=root, data=data, plot=False))
-    walls["evaluate_s"] = round(time.perf_counter() - started, 1)
-    metrics = storage.read_json(storage.join(root, "eval", "metrics.json"))
-    finetune = storage.read_json(storage.join(root, "finetune", "metrics.json"))
+    report = run_stages(
+        root, data, ("finetune", "evaluate"),
+        finetune=dict(encoder=encoder, train=asdict(train_config(cfg)),
+                      epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size,
+                      lr=cfg.finetune_lr, max_length=cfg.finetune_max_length,
+                      use_synthetic=use_synthetic),
+        evaluate=dict(plot=False))
+    walls = {f"{stage}_s": report["stages"][stage].get("wall_s", 0.0)
+             for stage in ("finetune", "evaluate")}
+    metrics = storage.read_json(layout.eval_metrics(root))
+    finetune = storage.read_json(layout.finetune_metrics(root))
     return {"variant": variant, "k": k, "seed": seed, "micro_f1": metrics["micro_f1"],
             "semeval_macro_f1": metrics.get("semeval_macro_f1"),
             "test_examples": metrics["num_examples"], "encoder": encoder,
@@ -233,7 +220,7 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
     if knowledge is None:
         return []
     variants = cfg.variants_for(k, seed)
-    summary = knowledge_summary(knowledge) if knowledge_done(knowledge) else None
+    summary = knowledge_summary(knowledge) if layout.knowledge_done(knowledge) else None
     aliases = {v: same_as(v, variants, summary) for v in variants}
     if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
         owners = {PRETRAINING[v][0] for v in variants if PRETRAINING[v] and not aliases[v]}
@@ -300,16 +287,17 @@ def fewrel_encoders(cfg: BenchConfig) -> dict[str, str]:
     from tkre.resources import resolve_model
 
     k, seed = cfg.draws()[0]
-    scl = storage.join(draw_root(cfg, k, seed), "tkre", "pretrain", "scl", "model")
+    tkre_root = storage.join(draw_root(cfg, k, seed), "tkre")
     out = {"plain": resolve_model(cfg.encoder)}
-    if storage.exists(storage.join(scl, "config.json")):
-        out["pretrained"] = scl
+    if layout.pretrain_done(tkre_root, "scl"):
+        out["pretrained"] = layout.pretrain_model(tkre_root, "scl")
     return out
 
 
 def fewrel_accuracy(cfg: BenchConfig, source: str) -> dict:
     """N-way K-shot prototype accuracy of the FewRel relations with one encoder."""
-    from tkre.fewshot import PairEncoder, evaluate_episodes, parse_settings
+    from tkre.extract.episodes import evaluate_episodes, parse_settings
+    from tkre.extract.prototypes import PairEncoder
 
     encoder = PairEncoder.load(source, device="cuda" if cfg.use_gpu else "cpu")
     instances, settings = fewrel_instances(cfg), parse_settings(cfg.fewrel_settings)
@@ -328,7 +316,8 @@ def accuracy_only(encoder, instances: list, settings: list[tuple[int, int]], epi
 
     import torch
 
-    from tkre.fewshot import prototype, sample_episodes
+    from tkre.extract.episodes import sample_episodes
+    from tkre.extract.prototypes import prototype
 
     by_relation: dict[str, list[int]] = {}
     for index, inst in enumerate(instances):

@@ -11,7 +11,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.bench.config import VARIANTS
 
 # std over seeds: population std (ddof 0), as LM-BFF-style few-shot tables report it
@@ -405,15 +405,14 @@ def plot_speed_ratios(rows: dict, uri: str) -> None:
 
 def write_report(report: dict, root: str, data: str) -> dict[str, str]:
     """report.json, report.md and the plots under ROOT/bench/; their URIs."""
-    folder = storage.join(root, "bench")
-    paths = {"json": storage.join(folder, "report.json"),
-             "markdown": storage.join(folder, "report.md")}
+    paths = {"json": layout.bench_report(root, "report.json"),
+             "markdown": layout.bench_report(root, "report.md")}
     if report["quality"][data]:
-        paths["f1_vs_k"] = storage.join(folder, "f1_vs_k.png")
+        paths["f1_vs_k"] = layout.bench_report(root, "f1_vs_k.png")
         plot_f1_vs_k(report["quality"][data], paths["f1_vs_k"],
                      f"{data}: micro-F1 vs K ({report['preset']} preset)")
     if report["speed"]:
-        paths["speed"] = storage.join(folder, "speed_ratios.png")
+        paths["speed"] = layout.bench_report(root, "speed_ratios.png")
         plot_speed_ratios(report["speed"], paths["speed"])
     report["files"] = paths
     storage.write_json(paths["json"], report)

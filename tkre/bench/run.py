@@ -6,7 +6,7 @@ import os
 import time
 import traceback
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.bench import quality, report, speed
 from tkre.bench.config import NO_RAY_PARTS, BenchConfig
 from tkre.bench.units import NotMeasured, cached, machine
@@ -15,11 +15,12 @@ from tkre.pipeline import MemoryWatch
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Quality, FewRel and speed units (each reused when already measured), then the report."""
-    from tkre.train import init_ray
+    from tkre.train.cluster import init_ray
 
+    cfg.require_data()
     started = time.perf_counter()
     host = machine()
-    previous = storage.join(cfg.root, "bench", "report.json")
+    previous = layout.bench_report(cfg.root, "report.json")
     if cfg.report_only and storage.exists(previous):
         # the units were measured on the machine (and under the load) the last run recorded
         host = storage.read_json(previous).get("machine", host)

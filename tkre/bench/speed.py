@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.bench.config import BenchConfig, int_list
 from tkre.bench.quality import (
     copy_knowledge,
@@ -55,7 +55,7 @@ def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
 
 
 def generation_original(cfg: BenchConfig) -> dict:
-    from tkre.baselines import run_original_generation
+    from tkre.bench.baselines import run_original_generation
 
     return run_original_generation(resolve_model(cfg.generator), speed_prompts(cfg),
                                    cfg.gen_speed_max_tokens)
@@ -64,7 +64,7 @@ def generation_original(cfg: BenchConfig) -> dict:
 def generation_ours(cfg: BenchConfig, backend: str) -> dict:
     """The Ray Data pipeline end to end: dataset, replica start, model load, every block."""
     from tkre.knowledge.backends import generate
-    from tkre.train import init_ray
+    from tkre.train.cluster import init_ray
 
     prompts = speed_prompts(cfg)
     gen = GenerateConfig(model=cfg.generator, backend=backend, num_gpus=cfg.num_gpus,
@@ -89,7 +89,7 @@ def _speed_root(cfg: BenchConfig, name: str) -> tuple[str, object]:
     from tkre.data import datasets
 
     k, seed = cfg.draws()[0]
-    root, data = storage.join(cfg.root, "bench", "speed", name), data_config(cfg, k, seed)
+    root, data = layout.bench_run(cfg.root, "speed", name), data_config(cfg, k, seed)
     datasets.prepare(data, root)
     copy_knowledge(ensure_knowledge(cfg, k, seed), root)
     return root, data
@@ -112,7 +112,7 @@ def pretraining_ours(cfg: BenchConfig, workers: int) -> dict:
 
 
 def pretraining_original(cfg: BenchConfig) -> dict:
-    from tkre.baselines import run_original_mslm
+    from tkre.bench.baselines import run_original_mslm
     from tkre.pretrain.data import stage_texts
 
     root, _ = _speed_root(cfg, "pretrain-w1")
@@ -136,7 +136,7 @@ def pretraining_step_ours(cfg: BenchConfig) -> dict:
     from tkre.pretrain.throughput import measure_step_throughput
 
     pretrain = PretrainConfig(
-        root=storage.join(cfg.root, "bench", "speed", "pretrain-step"),
+        root=layout.bench_run(cfg.root, "speed", "pretrain-step"),
         data=data_config(cfg, *cfg.draws()[0]), train=train_config(cfg), stage="mslm",
         encoder=cfg.encoder, strategy="deepspeed", zero_stage=cfg.zero_stage,
         precision=cfg.precision, batch_size=cfg.pretrain_speed_batch_size, max_length=128)
@@ -146,7 +146,7 @@ def pretraining_step_ours(cfg: BenchConfig) -> dict:
 
 def pretraining_step_original(cfg: BenchConfig) -> dict:
     """The released HF Trainer recipe on the same sentences, timed after the same warm-up."""
-    from tkre.baselines import run_original_mslm
+    from tkre.bench.baselines import run_original_mslm
 
     texts = step_texts(cfg)
     return run_original_mslm(resolve_model(cfg.encoder), texts, cfg.pretrain_speed_steps,
@@ -155,18 +155,16 @@ def pretraining_step_original(cfg: BenchConfig) -> dict:
 
 
 def serving_root(cfg: BenchConfig) -> str:
-    from tkre.pipeline import finetune_done
-
     k, seed = cfg.draws()[0]
     for variant in ("tkre", "finetune_only", *cfg.variant_list):
         root = storage.join(draw_root(cfg, k, seed), variant)
-        if finetune_done(root):
+        if layout.finetune_done(root):
             return root
     raise FileNotFoundError("serving needs a fine-tuned model: run the quality part first")
 
 
 def serving(cfg: BenchConfig) -> dict:
-    from tkre.bench_serving import bench_serving
+    from tkre.bench.serving import bench_serving
 
     cores = float(torch.get_num_threads())
     return bench_serving(serving_root(cfg), concurrency=int_list(cfg.serve_concurrency),
@@ -178,7 +176,7 @@ def serving(cfg: BenchConfig) -> dict:
 def encoder_flops(cfg: BenchConfig) -> dict:
     """Forward FLOP/s of the encoder on random full-length batches vs a measured matmul peak."""
     from tkre.finetune.model import load_encoder
-    from tkre.flops import encoder_flops_per_token, measured_matmul_peak, peak_flops
+    from tkre.train.flops import encoder_flops_per_token, measured_matmul_peak, peak_flops
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

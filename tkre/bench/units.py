@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tkre import storage
+from tkre import layout, storage
 
 
 def unit_path(root: str, name: str) -> str:
-    return storage.join(root, "bench", "units", f"{name}.json")
+    return layout.bench_unit(root, name)
 
 
 class NotMeasured(RuntimeError):

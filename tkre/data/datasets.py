@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.config import DataConfig
 from tkre.data import readers
 from tkre.data.sampling import sample_k_shot, seeded_subset, split_per_relation
 from tkre.schema import DataError, Instance
 
-SPLITS = ("train", "dev", "test")
+SPLITS = layout.SPLITS
 _NO_RELATION = {"semeval": "Other"}
 
 
@@ -43,7 +43,7 @@ def demo_dir() -> Path:
     return Path(str(resources.files("tkre.data") / "demo"))
 
 
-def _require(path: Path) -> Path:
+def _existing(path: Path) -> Path:
     if not path.exists():
         raise DataError("file not found", file=str(path))
     return path
@@ -64,10 +64,10 @@ def _read_official(cfg: DataConfig) -> tuple[list, list | None, list, dict[str, 
     if cfg.data != "demo" and not folder.is_dir():
         raise DataError("data_dir is not a folder", file=str(folder), field="data_dir")
     if cfg.data == "semeval":
-        return (readers.read_semeval(_require(folder / "TRAIN_FILE.TXT")), None,
-                readers.read_semeval(_require(folder / "TEST_FILE_FULL.TXT")), {})
+        return (readers.read_semeval(_existing(folder / "TRAIN_FILE.TXT")), None,
+                readers.read_semeval(_existing(folder / "TEST_FILE_FULL.TXT")), {})
     if cfg.data == "tacred":
-        return tuple(readers.read_tacred(_require(folder / f"{name}.json"))
+        return tuple(readers.read_tacred(_existing(folder / f"{name}.json"))
                      for name in SPLITS) + ({},)
     if cfg.data == "fewrel":
         return _read_fewrel(folder, cfg)
@@ -118,18 +118,18 @@ def prepare(cfg: DataConfig, root: str) -> Splits:
     A root already holding data drawn with a different data config is refused, so one run
     never mixes two K-shot draws.
     """
-    meta_uri = storage.join(root, "data", "meta.json")
+    meta_uri = layout.data_meta(root)
     if storage.exists(meta_uri):
         meta = storage.read_json(meta_uri)
         if meta["data_config"] != asdict(cfg):
             raise DataError(
                 f"{root} already holds data drawn with {meta['data_config']}; this run asks for "
-                f"{asdict(cfg)}. Use another --root, or remove {storage.join(root, 'data')}.",
+                f"{asdict(cfg)}. Use another --root, or remove {layout.data_dir(root)}.",
                 field="root")
         return load_prepared(root)
     splits = load_splits(cfg)
     for name in SPLITS:
-        fs, path = storage.arrow_filesystem(storage.join(root, "data", f"{name}.parquet"))
+        fs, path = storage.arrow_filesystem(layout.data_split(root, name))
         readers.write_parquet(getattr(splits, name), path, filesystem=fs)
     storage.write_json(meta_uri, splits.meta())  # written last: its presence means complete
     return splits
@@ -137,14 +137,13 @@ def prepare(cfg: DataConfig, root: str) -> Splits:
 
 def load_prepared(root: str) -> Splits:
     """The data artifact written by `prepare`."""
-    meta_uri = storage.join(root, "data", "meta.json")
+    meta_uri = layout.data_meta(root)
     if not storage.exists(meta_uri):
-        raise DataError("no prepared data: run jobs/finetune.py (or jobs/generate.py) first",
-                        file=meta_uri)
+        raise DataError(f"no prepared data: run {layout.WRITERS['data']} first", file=meta_uri)
     meta = storage.read_json(meta_uri)
     parts = {}
     for name in SPLITS:
-        fs, path = storage.arrow_filesystem(storage.join(root, "data", f"{name}.parquet"))
+        fs, path = storage.arrow_filesystem(layout.data_split(root, name))
         parts[name] = readers.read_parquet(path, filesystem=fs)
     return Splits(parts["train"], parts["dev"], parts["test"], meta["labels"],
                   meta["no_relation"], meta["has_types"], meta.get("descriptions", {}),

@@ -11,6 +11,9 @@ Conversions done here, once, at the edge:
   ("dropped_tokens").
 - SemEval's <e1>/<e2> tags are removed; a tag squeezed between two visible characters ("of
   a<e2>bird") counts as a token boundary, so the entity never cuts a token.
+- The text form of a record (raw text, entities as character offsets) becomes tokens and token
+  spans in `record_words` and `record_span`, the one reader of that form: JSONL lines and the
+  extraction service's items (`tkre.extract.wire`) both go through it.
 """
 
 from __future__ import annotations
@@ -381,6 +384,95 @@ def read_pid2name(path: PathLike) -> dict[str, tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# the text / token form of one record: a JSONL line, and an item of the extraction service
+# (tkre.extract.wire), read by these two functions only, so both accept the same thing
+
+
+def _at(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def record_words(row: dict, where: str = "") -> tuple[str | None, list[str], list[tuple[int, int]]]:
+    """(text or None, tokens, character offsets) of a record in text form ("text": raw text,
+    tokenised here) or token form ("tokens"); errors name the field under `where`."""
+    if ("tokens" in row) == ("text" in row):
+        raise DataError("give exactly one of tokens (token spans) or text (character offsets)",
+                        field=_at(where, "tokens"))
+    if "text" in row:
+        text = row["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"must be a non-empty string, got {_short(text)}",
+                            field=_at(where, "text"))
+        tokens, offsets = tokenize_with_offsets(text)
+        if not tokens:
+            raise DataError("holds no word or punctuation token", field=_at(where, "text"))
+        return text, tokens, offsets
+    tokens = row["tokens"]
+    if not isinstance(tokens, list) or not tokens:
+        raise DataError(f"must be a non-empty list of strings, got {_short(tokens)}",
+                        field=_at(where, "tokens"))
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise DataError(f"token {i} must be a string, got {_short(token)}",
+                            field=_at(where, "tokens"))
+        if not token or token != token.strip():
+            raise DataError(f"token {i} must be a non-empty string without surrounding "
+                            f"whitespace, got {token!r}", field=_at(where, "tokens"))
+    return None, list(tokens), []
+
+
+def record_span(value: Any, field: str, text: str | None, tokens: list[str],
+                offsets: list[tuple[int, int]]) -> Span:
+    """One entity {"start", "end", "type"?, "text"?} of a record read by `record_words`: token
+    indices in token form, character offsets (end exclusive) in text form, which must fall on
+    token boundaries. A mention text, when given, must be what the span covers."""
+    if value is None:
+        raise DataError("is missing", field=field)
+    if not isinstance(value, dict):
+        raise DataError(f"must be an object with start and end, got {_short(value)}",
+                        field=field)
+    start = _require(value, "start", int, f"{field}.start")
+    end = _require(value, "end", int, f"{field}.end")
+    kind = _optional_str(value, "type", f"{field}.type") or None
+    mention = _optional_str(value, "text", f"{field}.text")
+    if text is None:
+        if not 0 <= start < end <= len(tokens):
+            raise DataError(f"token span [{start}, {end}) is not inside the {len(tokens)} tokens "
+                            "(end is exclusive and must exceed start)", field=f"{field}.start")
+        span = Span(start, end, " ".join(tokens[start:end]), kind)
+        if mention and mention != span.text:
+            raise DataError(f"text {mention!r} does not match the tokens {span.text!r}",
+                            field=f"{field}.text")
+        return span
+    _check_char_span(start, end, text, offsets, field)
+    if mention and mention != text[start:end]:
+        raise DataError(f"text {mention!r} does not match characters {text[start:end]!r}",
+                        field=f"{field}.text")
+    return span_from_chars(text, offsets, tokens, start, end, kind, field=field)
+
+
+def _check_char_span(start: int, end: int, text: str, offsets: list[tuple[int, int]],
+                     field: str) -> None:
+    """Characters [start, end) must lie in the text and begin and end on token boundaries;
+    the error names whichever offset is wrong."""
+    if not 0 <= start < end:
+        raise DataError(f"character span [{start}, {end}) is empty or negative",
+                        field=f"{field}.start")
+    if start >= len(text):
+        raise DataError(f"character offset {start} is outside the text's {len(text)} characters",
+                        field=f"{field}.start")
+    if end > len(text):
+        raise DataError(f"character offset {end} is past the text's {len(text)} characters",
+                        field=f"{field}.end")
+    if start not in {s for s, _ in offsets}:
+        raise DataError(f"character offset {start} is not at the start of a token",
+                        field=f"{field}.start")
+    if end not in {e for _, e in offsets}:
+        raise DataError(f"character offset {end} is not at the end of a token",
+                        field=f"{field}.end")
+
+
+# ---------------------------------------------------------------------------------------------
 # our own formats: JSONL and Parquet
 
 
@@ -408,9 +500,7 @@ def read_jsonl(path: PathLike, filesystem: FileSystem | None = None) -> list[Ins
 def _jsonl_record(row: Any, default_id: str, name: str, number: int) -> Instance:
     if not isinstance(row, dict):
         raise DataError(f"must be a JSON object, got {_short(row)}")
-    if ("tokens" in row) == ("text" in row):
-        raise DataError("give exactly one of tokens (token form) or text (text form)",
-                        field="tokens")
+    text, tokens, offsets = record_words(row)
     relation = _require(row, "relation", str)
     ident = row.get("id", default_id)
     if not _is(ident, str) and not _is(ident, int):
@@ -424,48 +514,10 @@ def _jsonl_record(row: Any, default_id: str, name: str, number: int) -> Instance
     elif not isinstance(provenance, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in provenance.items()):
         raise DataError("must be an object of strings", field="provenance")
-    if "tokens" in row:
-        tokens = _token_list(row, "tokens")
-        head, tail = (_token_span(row, role) for role in ("head", "tail"))
-    else:
-        text = _require(row, "text", str)
-        tokens, offsets = tokenize_with_offsets(text)
-        head, tail = (_char_span(row, role, text, tokens, offsets) for role in ("head", "tail"))
+    head, tail = (record_span(row.get(role), role, text, tokens, offsets)
+                  for role in ("head", "tail"))
     return Instance(id=str(ident), tokens=tuple(tokens), head=head, tail=tail, relation=relation,
                     source=source, provenance=dict(provenance))
-
-
-def _token_span(row: dict, role: str) -> Span:
-    value = _require(row, role, dict)
-    start = _require(value, "start", int, f"{role}.start")
-    end = _require(value, "end", int, f"{role}.end")
-    text = _optional_str(value, "text", f"{role}.text")
-    return Span(start, end, text or "", _optional_str(value, "type", f"{role}.type"))
-
-
-def _char_span(row: dict, role: str, text: str, tokens: list[str],
-               offsets: list[tuple[int, int]]) -> Span:
-    value = _require(row, role, dict)
-    start = _require(value, "start", int, f"{role}.start")
-    end = _require(value, "end", int, f"{role}.end")
-    if not 0 <= start < end:
-        raise DataError(f"character span [{start}, {end}) is empty or negative",
-                        field=f"{role}.start")
-    if end > len(text):
-        raise DataError(f"character offset {end} is past the text's {len(text)} characters",
-                        field=f"{role}.end")
-    if start not in {s for s, _ in offsets}:
-        raise DataError(f"character offset {start} is not at the start of a token",
-                        field=f"{role}.start")
-    if end not in {e for _, e in offsets}:
-        raise DataError(f"character offset {end} is not at the end of a token",
-                        field=f"{role}.end")
-    mention = _optional_str(value, "text", f"{role}.text")
-    if mention is not None and mention != text[start:end]:
-        raise DataError(f"text {mention!r} does not match characters {text[start:end]!r}",
-                        field=f"{role}.text")
-    kind = _optional_str(value, "type", f"{role}.type")
-    return span_from_chars(text, offsets, tokens, start, end, kind, field=role)
 
 
 def write_parquet(instances: list[Instance], path: PathLike,

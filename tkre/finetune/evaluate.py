@@ -1,4 +1,4 @@
-"""Evaluate ROOT/finetune/model on the run's test set: ROOT/eval/metrics.json (+ confusion PNG)."""
+"""Evaluate the fine-tuned model on the run's test set: metrics.json and a confusion PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.config import EvaluateConfig
 from tkre.data import datasets
 from tkre.finetune.metrics import (
@@ -18,7 +18,7 @@ from tkre.finetune.metrics import (
     per_relation,
     semeval_macro_f1,
 )
-from tkre.finetune.model import META_FILE, load_classifier, predict_proba
+from tkre.finetune.model import load_classifier, predict_proba
 
 
 def score(gold: list[str], pred: list[str], labels: list[str], no_relation: str,
@@ -35,12 +35,13 @@ def score(gold: list[str], pred: list[str], labels: list[str], no_relation: str,
     return metrics
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
+def run_evaluate(cfg: EvaluateConfig, splits: datasets.Splits | None = None) -> dict:
+    """Score the trained model on the test split. `splits`: the prepared data when the caller
+    (the pipeline) already has it."""
     started = time.perf_counter()
-    model_uri = storage.join(cfg.root, "finetune", "model")
-    if not storage.exists(storage.join(model_uri, META_FILE)):
-        raise FileNotFoundError(f"no trained model at {model_uri}: run jobs/finetune.py first")
-    splits = datasets.prepare(cfg.data, cfg.root)
+    model_uri = layout.finetune_model(cfg.root)
+    layout.require(cfg.root, "finetune", "evaluation")
+    splits = splits or datasets.prepare(cfg.data, cfg.root)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer, meta = load_classifier(storage.local_copy(model_uri), device=device)
     print(f"[evaluate] predicting {len(splits.test)} test examples with {model_uri}", flush=True)
@@ -54,13 +55,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     metrics = score(gold, pred, labels, meta.no_relation, semeval=cfg.data.data == "semeval")
     metrics.update({"data": asdict(cfg.data), "model": model_uri,
                     "wall_s": time.perf_counter() - started})
-    storage.write_json(storage.join(cfg.root, "eval", "metrics.json"), metrics)
+    storage.write_json(layout.eval_metrics(cfg.root), metrics)
     if cfg.plot:
-        plot_confusion(gold, pred, labels, storage.join(cfg.root, "eval", "confusion.png"))
+        plot_confusion(gold, pred, labels, layout.confusion_plot(cfg.root))
     line = f"[evaluate] micro-F1 {metrics['micro_f1']:.4f}"
     if "semeval_macro_f1" in metrics:
         line += f", SemEval official macro-F1 {metrics['semeval_macro_f1']:.4f}"
-    print(f"{line}; written to {storage.join(cfg.root, 'eval', 'metrics.json')}")
+    print(f"{line}; written to {layout.eval_metrics(cfg.root)}")
     return metrics
 
 

@@ -7,6 +7,7 @@ Saved as a folder: `encoder/` (a plain transformers model + tokenizer, loadable 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from tkre import layout
 from tkre.finetune.markers import Encoded, encode
 from tkre.schema import Instance
 
-META_FILE = "tkre_model.json"
+META_FILE = layout.MODEL_META_FILE  # its presence marks a complete model folder
 HEAD_FILE = "head.safetensors"
 
 
@@ -37,6 +39,16 @@ class ModelMeta:
         return {label: i for i, label in enumerate(self.labels)}
 
 
+def pair_embedding(encoder: nn.Module, input_ids, attention_mask, head_pos, tail_pos
+                   ) -> torch.Tensor:
+    """[h_@ ; h_#]: the encoder states at the two start markers, concatenated. The classifier's
+    input, and the vector run-time relations are compared by (`tkre.extract`), so both always
+    see the same representation."""
+    states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows = torch.arange(states.size(0), device=states.device)
+    return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
+
+
 class RelationClassifier(nn.Module):
     """[h_@ ; h_#] -> Linear(2H, H) -> ReLU -> Dropout -> Linear(H, C); owns its loss."""
 
@@ -47,13 +59,9 @@ class RelationClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, num_labels))
 
-    def pair_embedding(self, input_ids, attention_mask, head_pos, tail_pos) -> torch.Tensor:
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        rows = torch.arange(states.size(0), device=states.device)
-        return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
-
     def forward(self, input_ids, attention_mask, head_pos, tail_pos, labels=None):
-        logits = self.head(self.pair_embedding(input_ids, attention_mask, head_pos, tail_pos))
+        pairs = pair_embedding(self.encoder, input_ids, attention_mask, head_pos, tail_pos)
+        logits = self.head(pairs)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return logits, loss
 
@@ -84,6 +92,16 @@ def collate(batch: list[Encoded], pad_id: int, labels: list[int] | None = None
     return out
 
 
+def length_batches(encoded: Sequence[Encoded], pad_id: int, batch_size: int
+                   ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(input indices, padded tensors) in batches of similar length, so little is padding;
+    callers put each row back at its input index."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        yield indices, collate([encoded[i] for i in indices], pad_id)
+
+
 @torch.inference_mode()
 def predict_proba(model: RelationClassifier, tokenizer, meta: ModelMeta,
                   instances: list[Instance], batch_size: int = 64) -> torch.Tensor:
@@ -91,20 +109,13 @@ def predict_proba(model: RelationClassifier, tokenizer, meta: ModelMeta,
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    rows = []
     encoded = [encode(tokenizer, inst, meta.typed_markers, meta.max_length) for inst in instances]
-    # sort by length so each batch pads little; restore the order at the end
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = [encoded[i] for i in order[start:start + batch_size]]
-        tensors = {k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
-        logits, _ = model(**tensors)
-        rows.append(logits.float().softmax(-1).cpu())
+    probs = torch.empty(len(encoded), len(meta.labels))
+    for indices, tensors in length_batches(encoded, tokenizer.pad_token_id, batch_size):
+        logits, _ = model(**{k: v.to(device) for k, v in tensors.items()})
+        probs[torch.tensor(indices)] = logits.float().softmax(-1).cpu()
     model.train(was_training)
-    probs = torch.cat(rows) if rows else torch.empty(0, len(meta.labels))
-    restored = torch.empty_like(probs)
-    restored[torch.tensor(order, dtype=torch.long)] = probs
-    return restored
+    return probs
 
 
 def save_classifier(model: RelationClassifier, tokenizer, meta: ModelMeta, out_dir: str | Path

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.config import GenerateConfig
 from tkre.data import datasets, readers
 from tkre.knowledge import prompts
@@ -26,7 +26,7 @@ from tkre.knowledge.backends import choose_backend, generate
 from tkre.knowledge.filters import Limits, check_candidate, check_explanation
 from tkre.knowledge.ledger import Ledger
 from tkre.schema import Instance, RelationSchema, derive_schemas
-from tkre.train import init_ray
+from tkre.train.cluster import init_ray
 
 
 def _request_id(kind: str, *parts: object) -> str:
@@ -171,10 +171,11 @@ def missing_counts(accepted: dict, relations: list[str], target: int) -> dict[st
             if len(accepted.get(r, [])) < target}
 
 
-def run_generate(cfg: GenerateConfig) -> dict:
-    """Write ROOT/knowledge/{explanations,synthetic}.parquet and stats.json (resumable)."""
+def run_generate(cfg: GenerateConfig, splits: datasets.Splits | None = None) -> dict:
+    """Write the knowledge artifacts: explanations, synthetic sentences and stats (resumable).
+    `splits`: the prepared data when the caller (the pipeline) already has it."""
     started = time.perf_counter()
-    splits = datasets.prepare(cfg.data, cfg.root)
+    splits = splits or datasets.prepare(cfg.data, cfg.root)
     schemas = derive_schemas(splits.train, splits.descriptions, cfg.relation_schemas)
     relations = [r for r in schemas if cfg.include_no_relation or r != splits.no_relation]
     init_ray(cfg.ray_address)
@@ -193,16 +194,16 @@ def run_generate(cfg: GenerateConfig) -> dict:
             break
     explanations, explanation_verdicts = accepted_explanations(ledger, splits.train)
     synthetic = [inst for relation in relations for inst in accepted.get(relation, [])]
-    knowledge = storage.join(cfg.root, "knowledge")
-    storage.write_table(storage.join(knowledge, "explanations.parquet"),
+    storage.write_table(layout.explanations(cfg.root),
                         pa.Table.from_pylist(explanations, schema=EXPLANATION_SCHEMA))
-    fs, path = storage.arrow_filesystem(storage.join(knowledge, "synthetic.parquet"))
+    fs, path = storage.arrow_filesystem(layout.synthetic(cfg.root))
     readers.write_parquet(synthetic, path, filesystem=fs)
     stats = build_stats(cfg, relations, accepted, verdicts, explanation_verdicts, clock,
                         time.perf_counter() - started)
-    storage.write_json(storage.join(knowledge, "stats.json"), stats)
+    storage.write_json(layout.knowledge_stats(cfg.root), stats)  # last: the stage is complete
     print(f"[generate] {len(explanations)} explanations, {len(synthetic)} synthetic sentences "
-          f"in {knowledge}; {stats['generation']['tokens_per_s']:.1f} generated tokens/s")
+          f"in {layout.knowledge_dir(cfg.root)}; "
+          f"{stats['generation']['tokens_per_s']:.1f} generated tokens/s")
     return stats
 
 

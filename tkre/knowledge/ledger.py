@@ -14,7 +14,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tkre import storage
+from tkre import layout, storage
 
 LEDGER_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("kind", pa.string()), ("relation", pa.string()),
@@ -28,7 +28,7 @@ class Ledger:
     """Rows by request id; `append` writes a part file (atomic per file)."""
 
     def __init__(self, root: str):
-        self.folder = storage.join(root, "knowledge", "ledger")
+        self.folder = layout.ledger_dir(root)
         self.rows: dict[str, dict] = {}
         for name in storage.list_files(self.folder):
             if name.endswith(".parquet"):

@@ -8,7 +8,7 @@ become character spans, so every text reaches the tokenizer with character offse
 
 from __future__ import annotations
 
-from tkre import storage
+from tkre import layout, storage
 from tkre.data import readers
 from tkre.pretrain.masking import TextExample
 from tkre.schema import DataError, Instance
@@ -28,7 +28,7 @@ def from_instance(inst: Instance) -> TextExample:
 
 
 def explanations(root: str) -> list[TextExample]:
-    uri = storage.join(root, "knowledge", "explanations.parquet")
+    uri = layout.explanations(root)
     if not storage.exists(uri):
         return []
     import pyarrow.parquet as pq
@@ -47,15 +47,11 @@ def explanations(root: str) -> list[TextExample]:
 
 
 def synthetic(root: str) -> list[Instance]:
-    uri = storage.join(root, "knowledge", "synthetic.parquet")
+    uri = layout.synthetic(root)
     if not storage.exists(uri):
         return []
     fs, path = storage.arrow_filesystem(uri)
     return readers.read_parquet(path, filesystem=fs)
-
-
-def knowledge_present(root: str) -> bool:
-    return storage.exists(storage.join(root, "knowledge", "stats.json"))
 
 
 def stage_texts(stage: str, root: str, gold: list[Instance], mslm_synthetic: bool = True,

@@ -10,23 +10,21 @@ worker group resumes at the checkpoint's step: the data position follows from th
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from tkre import flops, storage
+from tkre import storage
 from tkre.config import PretrainConfig, from_dict
 from tkre.pretrain.masking import MaskProbs, TextExample, collate, encode_texts
 from tkre.pretrain.model import PretrainModel, SCLSettings
-from tkre.pretrain.strategy import make_strategy, resolved_precision
-from tkre.train import worker_threads
-
-FAILURE_MARKER = "injected_failure.json"
+from tkre.train import flops
+from tkre.train.cluster import worker_threads
+from tkre.train.strategy import StrategySettings, make_strategy, resolved_precision
+from tkre.train.trainer import maybe_fail, report, restore
 
 
 @dataclass
@@ -108,15 +106,16 @@ def train_loop(config: dict) -> None:
                            {name: i for i, name in enumerate(relations)})
     model = build_model(cfg, encoder_dir, len(relations) if stage == "scl" else 0)
     schedule = plan(cfg, len(encoded))
-    strategy = make_strategy(model, cfg, world, schedule.total_steps)
-    state = restore(strategy)
+    settings = StrategySettings.of(cfg)
+    strategy = make_strategy(model, settings, world, schedule.total_steps)
+    state = restore(strategy, {"step": 0}, stage)
     meter = Meter(model, cfg, strategy.device, world)
     negatives = cfg.negatives if stage == "scl" else 0
     if rank == 0:
         print(f"[{stage}] {len(encoded)} texts, {schedule.total_steps} steps of "
               f"{cfg.batch_size} on {world} worker(s), {cfg.strategy}"
               f"{f' ZeRO-{cfg.zero_stage}' if cfg.strategy == 'deepspeed' else ''}, "
-              f"{resolved_precision(cfg)}; starting at step {state['step']}", flush=True)
+              f"{resolved_precision(settings)}; starting at step {state['step']}", flush=True)
 
     while state["step"] < schedule.total_steps:
         step = state["step"]
@@ -125,7 +124,7 @@ def train_loop(config: dict) -> None:
         out = train_step(strategy, batch)
         state["step"] = step + 1
         meter.add(batch, out)
-        maybe_fail(cfg, config["run_dir"], state["step"], rank)
+        maybe_fail(cfg.fail_at_step, config["run_dir"], state["step"], rank)
         last = state["step"] == schedule.total_steps
         if state["step"] % cfg.log_every == 0 or last or state["step"] == 1:
             metrics = meter.flush(state["step"], strategy.lr)
@@ -136,9 +135,18 @@ def train_loop(config: dict) -> None:
             state["history"] = [*state.get("history", []),
                                 [state["step"], metrics["mslm_loss"], metrics.get("scl_loss")]]
         if state["step"] % cfg.checkpoint_every == 0 or last:
-            checkpoint(strategy, state, rank)
+            report(strategy, state, checkpoint_metrics(state), rank)
     if state.get("resumed_at", [None])[-1] == schedule.total_steps:
-        checkpoint(strategy, state, rank)  # resumed after the end: report the final state again
+        # resumed after the end: report the final state again
+        report(strategy, state, checkpoint_metrics(state), rank)
+
+
+def checkpoint_metrics(state: dict) -> dict:
+    """What a checkpoint reports: the latest window's metrics, the step and the history."""
+    metrics = {**state.get("last", {}), "step": state["step"],
+               "resumed_at": state.get("resumed_at", []), "history": state.get("history", [])}
+    metrics.pop("peak_source", None)
+    return metrics
 
 
 class Meter:
@@ -152,7 +160,7 @@ class Meter:
         self.layers = encoder.config.num_hidden_layers
         self.hidden = encoder.config.hidden_size
         self.peak, self.peak_source = (cfg.peak_flops, "config") if cfg.peak_flops else \
-            flops.peak_flops(resolved_precision(cfg), device)
+            flops.peak_flops(resolved_precision(StrategySettings.of(cfg)), device)
         self.world = world
         self.run_started, self.run_sums = time.perf_counter(), torch.zeros(6, dtype=torch.float64)
         self.reset()
@@ -205,45 +213,3 @@ class Meter:
         return (f"mslm {m['mslm_loss']:.4f}{scl} lr {m['lr']:.2e} "
                 f"{m['samples_per_s']:.1f} samples/s {m['tokens_per_s']:.0f} tokens/s "
                 f"MFU {100 * m['mfu']:.2f}%")
-
-
-def restore(strategy) -> dict:
-    """The loop state from Ray's latest checkpoint (model/optimizer/schedule restored too)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return {"step": 0}
-    with checkpoint.as_directory() as folder:
-        state = strategy.load(Path(folder))
-    state["resumed_at"] = [*state.get("resumed_at", []), state["step"]]
-    print(f"[pretrain] resumed from the checkpoint at step {state['step']}", flush=True)
-    return state
-
-
-def checkpoint(strategy, state: dict, rank: int) -> None:
-    """Write the strategy's checkpoint and report it with the latest metrics."""
-    import ray.train
-
-    metrics = {**state.get("last", {}), "step": state["step"],
-               "resumed_at": state.get("resumed_at", []), "history": state.get("history", [])}
-    metrics.pop("peak_source", None)
-    if not strategy.every_rank_saves and rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        strategy.save(Path(folder), state)
-        if strategy.every_rank_saves and dist.is_initialized():
-            dist.barrier()  # every shard is on disk before Ray collects the folders
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def maybe_fail(cfg: PretrainConfig, run_dir: str, step: int, rank: int) -> None:
-    """Fault injection: once per run directory, rank 0 dies at `fail_at_step`."""
-    if cfg.fail_at_step != step or rank != 0:
-        return
-    marker = storage.join(run_dir, FAILURE_MARKER)
-    if storage.exists(marker):
-        return
-    storage.write_json(marker, {"step": step})
-    raise RuntimeError(f"injected failure at step {step} (fail_at_step)")

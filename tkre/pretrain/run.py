@@ -1,9 +1,10 @@
-"""Pre-training, driver side: knowledge artifacts, stage data, Ray Train runs, encoder export.
+"""Pre-training, driver side: stage data, Ray Train runs, encoder export.
 
 Stage 1 (MSLM) starts from `cfg.encoder`; stage 2 (MSLM + SCL) starts from stage 1's exported
 encoder; fine-tuning then starts from stage 2's (`jobs/finetune.py --encoder auto`). Each stage
-exports a plain transformers masked-LM model to ROOT/pretrain/<stage>/model/ and writes
-ROOT/pretrain/<stage>/metrics.json; a stage with both is complete and is skipped.
+exports a plain transformers masked-LM model and its metrics (paths: `tkre.layout`); a stage
+with both is complete and is skipped. The knowledge artifacts must exist (jobs/generate.py, or
+jobs/pipeline.py, which orders the stages).
 """
 
 from __future__ import annotations
@@ -17,61 +18,25 @@ from pathlib import Path
 from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from tkre import storage
-from tkre.config import GenerateConfig, PretrainConfig, from_dict, load_yaml
+from tkre import layout, storage
+from tkre.config import PretrainConfig
 from tkre.data import datasets
 from tkre.pretrain import data
 from tkre.pretrain.loop import plan, train_loop
-from tkre.pretrain.strategy import full_state_dict
-from tkre.resources import resolve_model
 from tkre.schema import DataError
-from tkre.train import fit
+from tkre.train.strategy import full_state_dict
+from tkre.train.trainer import fit
 
-STAGES = ("mslm", "scl")
 SCL_HEAD_FILE = "scl_head.safetensors"
 
 
-def stage_dir(root: str, stage: str) -> str:
-    return storage.join(root, "pretrain", stage)
-
-
-def model_dir(root: str, stage: str) -> str:
-    return storage.join(stage_dir(root, stage), "model")
-
-
-def is_complete(root: str, stage: str) -> bool:
-    return (storage.exists(storage.join(model_dir(root, stage), "config.json"))
-            and storage.exists(storage.join(stage_dir(root, stage), "metrics.json")))
-
-
-def ensure_knowledge(cfg: PretrainConfig) -> None:
-    """Run knowledge generation first when ROOT has none (embedded default: the bundled LLM)."""
-    if data.knowledge_present(cfg.root):
-        return
-    from tkre.knowledge.job import run_generate
-
-    values = load_yaml(cfg.knowledge_config) if cfg.knowledge_config else {}
-    values.update(root=cfg.root, data=asdict(cfg.data))
-    print(f"[pretrain] no knowledge artifacts under {cfg.root}: generating them first", flush=True)
-    run_generate(from_dict(GenerateConfig, values))
-
-
-def run_pretrain(cfg: PretrainConfig) -> dict:
-    """Run the requested stage(s); returns each stage's metrics."""
-    splits = datasets.prepare(cfg.data, cfg.root)
-    ensure_knowledge(cfg)
-    stages = STAGES if cfg.stage == "both" else (cfg.stage,)
+def run_pretrain(cfg: PretrainConfig, splits: datasets.Splits | None = None) -> dict:
+    """Run the requested stage(s); returns each stage's metrics. `splits`: the prepared data
+    when the caller (the pipeline) already has it."""
+    splits = splits or datasets.prepare(cfg.data, cfg.root)
+    layout.require(cfg.root, "knowledge", "pre-training")
+    stages = layout.PRETRAIN_STAGES if cfg.stage == "both" else (cfg.stage,)
     return {stage: run_stage(cfg, stage, splits) for stage in stages}
-
-
-def starting_encoder(cfg: PretrainConfig, stage: str) -> str:
-    if stage == "mslm" or cfg.scl_init == "encoder":
-        return resolve_model(cfg.encoder)
-    previous = model_dir(cfg.root, "mslm")
-    if not storage.exists(storage.join(previous, "config.json")):
-        raise FileNotFoundError(f"stage scl starts from stage mslm's encoder, and {previous} "
-                                "holds none: run --stage mslm (or both) first")
-    return previous
 
 
 def scl_relations(splits: datasets.Splits) -> list[str]:
@@ -81,30 +46,29 @@ def scl_relations(splits: datasets.Splits) -> list[str]:
 
 def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
     started = time.perf_counter()
-    if is_complete(cfg.root, stage):
-        print(f"[{stage}] complete: {model_dir(cfg.root, stage)} exists; skipped", flush=True)
-        return storage.read_json(storage.join(stage_dir(cfg.root, stage), "metrics.json"))
-    encoder = starting_encoder(cfg, stage)
+    model_dir = layout.pretrain_model(cfg.root, stage)
+    if layout.pretrain_done(cfg.root, stage):
+        print(f"[{stage}] complete: {model_dir} exists; skipped", flush=True)
+        return storage.read_json(layout.pretrain_metrics(cfg.root, stage))
+    encoder = layout.pretrain_start(cfg.root, stage, cfg.encoder, cfg.scl_init)
     relations = scl_relations(splits) if stage == "scl" else []
     texts, counts = data.stage_texts(stage, cfg.root, splits.train, cfg.mslm_synthetic,
                                      cfg.use_explanations, cfg.use_synthetic)
     if len(texts) < cfg.train.num_workers:
         raise DataError(f"stage {stage} has {len(texts)} training texts ({counts}), fewer than "
                         f"the {cfg.train.num_workers} workers; generate knowledge first "
-                        "(jobs/generate.py)", file=storage.join(cfg.root, "knowledge"))
+                        "(jobs/generate.py)", file=layout.knowledge_dir(cfg.root))
     schedule = plan(cfg, len(texts))
     print(f"[{stage}] {len(texts)} texts ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
           f"{schedule.total_steps} steps; encoder {encoder}"
           + (f"; {len(relations)} relation anchors" if relations else ""), flush=True)
     result = fit(train_loop,
                  {"cfg": asdict(cfg), "stage": stage, "encoder": encoder, "relations": relations,
-                  "run_dir": stage_dir(cfg.root, stage),
+                  "run_dir": layout.pretrain_stage_dir(cfg.root, stage),
                   "examples": [{"text": t.text, "head": t.head, "tail": t.tail,
                                 "relation": t.relation} for t in texts]},
-                 cfg.train, storage_root=storage.join(cfg.root, "pretrain"), name=stage)
-    if result.error:
-        raise result.error
-    export(result.checkpoint, cfg, encoder, relations, model_dir(cfg.root, stage))
+                 cfg.train, layout.pretrain_stage_dir(cfg.root, stage))
+    export(result.checkpoint, cfg, encoder, relations, model_dir)
     final = dict(result.metrics or {})
     summary = {"stage": stage, "steps": final.get("step"), "texts": counts,
                "relations": relations, "encoder_start": encoder,
@@ -113,9 +77,9 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
                "samples_per_s": final.get("run_samples_per_s"),
                "tokens_per_s": final.get("run_tokens_per_s"), "mfu": final.get("run_mfu"),
                "config": asdict(cfg), "wall_s": time.perf_counter() - started}
-    storage.write_json(storage.join(stage_dir(cfg.root, stage), "metrics.json"), summary)
+    storage.write_json(layout.pretrain_metrics(cfg.root, stage), summary)
     print(f"[{stage}] done: {summary['steps']} steps, {summary['samples_per_s'] or 0:.1f} "
-          f"samples/s; encoder in {model_dir(cfg.root, stage)}", flush=True)
+          f"samples/s; encoder in {model_dir}", flush=True)
     return summary
 
 

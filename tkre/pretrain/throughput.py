@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -19,13 +18,8 @@ from transformers import AutoTokenizer
 from tkre.config import PretrainConfig
 from tkre.pretrain.loop import Meter, Plan, build_model, rank_batch, train_step
 from tkre.pretrain.masking import TextExample, encode_texts
-from tkre.pretrain.strategy import make_strategy, resolved_precision
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tkre.train.cluster import free_port
+from tkre.train.strategy import StrategySettings, make_strategy, resolved_precision
 
 
 def _sync(device: torch.device) -> None:
@@ -52,13 +46,14 @@ def _measure(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample],
              warmup: int) -> dict:
     # a world of one on loopback, for DeepSpeed's own process group
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.manual_seed(cfg.train_seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     encoded = encode_texts(tokenizer, examples, cfg.max_length)
     schedule = Plan(len(encoded), cfg.batch_size, warmup + steps)
     model = build_model(cfg, encoder_dir, 0)
-    strategy = make_strategy(model, cfg, 1, schedule.total_steps)
+    settings = StrategySettings.of(cfg)
+    strategy = make_strategy(model, settings, 1, schedule.total_steps)
     meter = Meter(model, cfg, strategy.device, 1)
     for step in range(schedule.total_steps):
         if step == warmup:
@@ -74,7 +69,8 @@ def _measure(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample],
             "tokens_per_s": metrics["tokens_per_s"], "mfu": metrics["mfu"],
             "peak_flops": metrics["peak_flops_per_worker"], "peak_source": metrics["peak_source"],
             "final_mslm_loss": metrics["mslm_loss"], "device": str(strategy.device),
-            "strategy": f"deepspeed ZeRO-{cfg.zero_stage}", "precision": resolved_precision(cfg),
+            "strategy": f"deepspeed ZeRO-{cfg.zero_stage}",
+            "precision": resolved_precision(settings),
             "adamw": "torch, fused" if cfg.train.use_gpu else "torch",
             "max_length": cfg.max_length, "padding": "per batch",
             "mean_tokens_per_text": sum(len(e.input_ids) for e in encoded) / len(encoded)}

@@ -3,34 +3,56 @@
 Both expose the same small surface to the loop: `forward(batch)`, `backward(loss)`, `step()`
 (optimizer + LR schedule), `lr`, `save(folder, state)` and `load(folder) -> state`. DeepSpeed
 checkpoints are sharded (every rank writes its part, Ray merges the folders); DDP checkpoints
-are one file written by rank 0.
+are one file written by rank 0. Pre-training and fine-tuning build theirs from the same
+`StrategySettings`, so both get the same engines and the same checkpoint format.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from tkre.config import PretrainConfig
-
 DS_TAG = "ds"
 DDP_FILE = "state.pt"
 
 
-def resolved_precision(cfg: PretrainConfig) -> str:
+@dataclass(frozen=True)
+class StrategySettings:
+    """What a strategy needs from a stage's config (PretrainConfig, FinetuneConfig)."""
+
+    strategy: str
+    zero_stage: int
+    precision: str
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float
+    use_gpu: bool
+    eps: float = 1e-8
+
+    @classmethod
+    def of(cls, cfg, eps: float = 1e-8) -> StrategySettings:
+        """From a stage config with these fields and a `train: TrainConfig`."""
+        return cls(cfg.strategy, cfg.zero_stage, cfg.precision, cfg.batch_size, cfg.lr,
+                   cfg.weight_decay, cfg.warmup_ratio, cfg.grad_clip, cfg.train.use_gpu, eps)
+
+
+def resolved_precision(cfg: StrategySettings) -> str:
     if cfg.precision == "auto":
-        return "bf16" if cfg.train.use_gpu else "fp32"
+        return "bf16" if cfg.use_gpu else "fp32"
     return cfg.precision
 
 
-def _schedule(cfg: PretrainConfig, total_steps: int):
+def _schedule(cfg: StrategySettings, total_steps: int):
     return lambda optimizer: get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
 
-def deepspeed_config(cfg: PretrainConfig, world: int) -> dict:
+def deepspeed_config(cfg: StrategySettings, world: int) -> dict:
     precision = resolved_precision(cfg)
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage == 3:
@@ -43,8 +65,8 @@ def deepspeed_config(cfg: PretrainConfig, world: int) -> dict:
         # torch's AdamW: no C++ op to compile (DeepSpeed's fused and CPU Adam are JIT builds);
         # on a GPU its fused kernel (one launch for every tensor: small steps are launch-bound)
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                                                   "torch_adam": True,
-                                                   "fused": cfg.train.use_gpu}},
+                                                   "eps": cfg.eps, "torch_adam": True,
+                                                   "fused": cfg.use_gpu}},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
@@ -55,7 +77,7 @@ def deepspeed_config(cfg: PretrainConfig, world: int) -> dict:
 class DeepSpeedStrategy:
     every_rank_saves = True
 
-    def __init__(self, model: torch.nn.Module, cfg: PretrainConfig, world: int,
+    def __init__(self, model: torch.nn.Module, cfg: StrategySettings, world: int,
                  total_steps: int):
         import deepspeed
         import deepspeed.ops
@@ -91,7 +113,7 @@ class DeepSpeedStrategy:
 class DDPStrategy:
     every_rank_saves = False
 
-    def __init__(self, model: torch.nn.Module, cfg: PretrainConfig, world: int,
+    def __init__(self, model: torch.nn.Module, cfg: StrategySettings, world: int,
                  total_steps: int):
         import ray.train.torch
 
@@ -100,8 +122,8 @@ class DDPStrategy:
         self.model = ray.train.torch.prepare_model(model)
         self.device = ray.train.torch.get_device()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay,
-                                           fused=cfg.train.use_gpu)
+                                           weight_decay=cfg.weight_decay, eps=cfg.eps,
+                                           fused=cfg.use_gpu)
         self.scheduler = _schedule(cfg, total_steps)(self.optimizer)
         self.grad_clip = cfg.grad_clip
         self.autocast = resolved_precision(cfg) == "bf16"
@@ -137,7 +159,7 @@ class DDPStrategy:
         return saved["loop"]
 
 
-def make_strategy(model: torch.nn.Module, cfg: PretrainConfig, world: int, total_steps: int):
+def make_strategy(model: torch.nn.Module, cfg: StrategySettings, world: int, total_steps: int):
     cls = DeepSpeedStrategy if cfg.strategy == "deepspeed" else DDPStrategy
     return cls(model, cfg, world, total_steps)
 

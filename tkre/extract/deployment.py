@@ -1,5 +1,9 @@
 """The extractor as a Ray Serve deployment with a FastAPI ingress (`serve/app.py` exposes it).
 
+A request goes route -> `Extractor.prepare` (parse, check, encode) -> the `@serve.batch`
+method -> `Extractor.predict` (one forward pass for the pairs of concurrent requests) ->
+`Extractor.results`; the deployment adds HTTP, batching and counters, nothing of extraction.
+
 Routes: POST /v1/extract, GET|POST /v1/relations, DELETE /v1/relations/{name}, GET /v1/model,
 GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
 
@@ -9,7 +13,7 @@ GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
   replica's event loop keeps accepting requests and answering health checks meanwhile.
 - Load bounds: `max_ongoing_requests` per replica and `max_queued_requests` per caller (the
   deployment options, set in serve/config.yaml): past them the proxy answers 503 at once.
-- Input safety: every request is parsed and checked (`tkre.extract.parse_items`) before it
+- Input safety: every request is parsed and checked (`Extractor.prepare`) before it
   joins a batch; a bad one gets 422 with the field named ("items[1].head") and never reaches the
   model, so it cannot fail other requests' batch or the replica.
 - API key: when $TKRE_API_KEY is set in the replica's environment, every route but /healthz
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import os
 import re
 from contextlib import contextmanager
@@ -35,19 +38,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from tkre.extract import (
-    Extractor,
-    Limits,
-    Prediction,
-    field_error,
-    format_results,
-    limits_from,
-    parse_items,
-)
+from tkre.extract.extractor import Extractor, TrainedLabelError
+from tkre.extract.wire import Prediction, RequestLimits, limits_from
 from tkre.finetune.markers import Encoded
 from tkre.schema import DataError
-
-log = logging.getLogger(__name__)
 
 ROOT_ENV = "TKRE_ROOT"
 API_KEY_ENV = "TKRE_API_KEY"
@@ -185,7 +179,7 @@ class ExtractorDeployment:
         if not root:
             raise ValueError(f"no model root: set the app's `root` argument or ${ROOT_ENV}")
         self.extractor = Extractor.from_root(root, cfg.device, refresh_s=cfg.registry_refresh_s)
-        self.limits: Limits = limits_from(cfg.limits)
+        self.limits: RequestLimits = limits_from(cfg.limits)
         self.batching = cfg.batching
         self._predict_batch.set_max_batch_size(cfg.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
@@ -197,13 +191,9 @@ class ExtractorDeployment:
     # -- prediction
 
     def _predict(self, encoded: list[Encoded]) -> list[Prediction]:
-        if self.extractor.registry:
-            try:
-                self.extractor.registry.refresh()
-            except Exception:  # storage hiccup: keep serving with the relations we have
-                log.exception("relation registry refresh failed")
-        return self.extractor.predict_encoded(encoded, self.limits.max_top_k,
-                                              batch_size=max(1, len(encoded)))
+        # every pair is ranked to the largest top_k; each request's results cut its own
+        return self.extractor.predict(encoded, self.limits.max_top_k,
+                                      batch_size=max(1, len(encoded)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _predict_batch(self, encoded: list[Encoded]) -> list[Prediction]:
@@ -218,16 +208,14 @@ class ExtractorDeployment:
         response.headers[REPLICA_HEADER] = self.replica
         self.stats["requests"] += 1
         with _unprocessable():
-            if not 1 <= body.top_k <= self.limits.max_top_k:
-                raise field_error(f"must be between 1 and {self.limits.max_top_k}", "top_k")
-            parsed = parse_items([item.model_dump(exclude_none=True) for item in body.items],
-                                 self.limits)
-            encoded = self.extractor.encode(parsed)
+            parsed, encoded = self.extractor.prepare(
+                [item.model_dump(exclude_none=True) for item in body.items], body.top_k,
+                self.limits)
         if self.batching:
             predictions = await asyncio.gather(*(self._predict_batch(e) for e in encoded))
         else:
             predictions = await asyncio.to_thread(self._predict, encoded)
-        return {"results": format_results(parsed, list(predictions), body.top_k)}
+        return {"results": self.extractor.results(parsed, list(predictions), body.top_k)}
 
     # -- run-time relations
 
@@ -248,10 +236,11 @@ class ExtractorDeployment:
     @api.delete("/v1/relations/{name}")
     async def unregister(self, name: str) -> dict[str, str]:
         """Remove a registered relation (trained labels cannot be removed)."""
-        if name in self.extractor.meta.labels:
-            raise HTTPException(409, detail=f"{name!r} is a trained label; only registered "
-                                            "relations can be deleted")
-        if not await asyncio.to_thread(self.extractor.unregister, name):
+        try:
+            removed = await asyncio.to_thread(self.extractor.unregister, name)
+        except TrainedLabelError as err:
+            raise HTTPException(409, detail=str(err)) from None
+        if not removed:
             raise HTTPException(404, detail=f"no registered relation {name!r}")
         return {"deleted": name}
 

@@ -14,19 +14,13 @@ from __future__ import annotations
 import http.client
 import json
 import random
-import socket
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tkre.data.datasets import demo_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tkre.train.cluster import free_port
 
 
 def demo_items(count: int, seed: int = 0) -> list[dict]:
@@ -94,11 +88,11 @@ def bench_serving(root: str, concurrency: Sequence[int] = (1, 8, 32),
     """
     from ray import serve
 
-    from tkre.serving import AppArgs, ExtractorDeployment
-    from tkre.train import init_ray
+    from tkre.extract.deployment import AppArgs, ExtractorDeployment
+    from tkre.train.cluster import init_ray
 
     init_ray()
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     bodies = [json.dumps({"items": [item], "top_k": 3}).encode()
               for item in demo_items(requests_per_level)]

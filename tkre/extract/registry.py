@@ -1,0 +1,112 @@
+"""Run-time relations on storage: ROOT/extract/relations/<name>.json, one file each.
+
+Files, not replica memory, so registrations survive restarts and every replica sees them: each
+replica compares the folder's listing (mtime/size locally, ETags on S3) at most every
+`refresh_s` seconds and embeds the examples of new or changed files itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tkre import storage
+from tkre.extract.prototypes import prototype
+from tkre.schema import DataError, Instance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Registered:
+    name: str
+    description: str
+    examples: list[Instance]
+    prototype: torch.Tensor = field(repr=False)
+
+
+class RelationRegistry:
+    """The relations of one folder and their prototypes; thread-safe."""
+
+    def __init__(self, folder: str, embed: Callable[[Sequence[Instance]], torch.Tensor],
+                 refresh_s: float = 1.0):
+        self.folder, self.embed, self.refresh_s = folder, embed, refresh_s
+        self._entries: dict[str, Registered] = {}
+        self._versions: dict[str, Any] = {}
+        self._checked = float("-inf")
+        self._dirty = False  # changed here since the last listing: rebuild on the next refresh
+        self._lock = threading.Lock()
+
+    def _listing(self) -> dict[str, Any]:
+        """{file name: version marker} of the *.json files."""
+        return {name: version for name, version in storage.versions(self.folder).items()
+                if name.endswith(".json") and not name.startswith(".")}
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read changed files (at most every refresh_s unless forced); True when changed."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked < self.refresh_s:
+                return False
+            self._checked = now
+            listing = self._listing()
+            if listing == self._versions and not self._dirty:
+                return False
+            entries = {}
+            for file, version in listing.items():
+                name = file[:-len(".json")]
+                if self._versions.get(file) == version and name in self._entries:
+                    entries[name] = self._entries[name]
+                    continue
+                try:
+                    row = storage.read_json(storage.join(self.folder, file))
+                    examples = [Instance.from_dict(e) for e in row["examples"]]
+                    entries[name] = Registered(name, row.get("description", ""), examples,
+                                               prototype(self.embed(examples)))
+                except FileNotFoundError:  # deleted between listing and reading
+                    continue
+                except (DataError, KeyError, TypeError, ValueError) as err:
+                    log.warning("skipping unreadable relation file %s: %s", file, err)
+            self._entries, self._versions, self._dirty = entries, listing, False
+            return True
+
+    def snapshot(self) -> tuple[list[str], torch.Tensor | None]:
+        """The names, sorted, and their prototypes stacked [R, D] (None when there are none)."""
+        with self._lock:
+            names = sorted(self._entries)
+            if not names:
+                return [], None
+            return names, torch.stack([self._entries[n].prototype for n in names])
+
+    def entries(self) -> list[Registered]:
+        with self._lock:
+            return [self._entries[n] for n in sorted(self._entries)]
+
+    def add(self, name: str, description: str, examples: list[Instance]) -> Registered:
+        entry = Registered(name, description, examples, prototype(self.embed(examples)))
+        storage.write_json(storage.join(self.folder, f"{name}.json"), {
+            "name": name, "description": description,
+            "examples": [e.to_dict() for e in examples], "created": time.time()})
+        with self._lock:
+            self._entries[name] = entry
+            self._versions.pop(f"{name}.json", None)  # its stored version is learnt on refresh
+            self._checked, self._dirty = float("-inf"), True
+        return entry
+
+    def remove(self, name: str) -> bool:
+        """Delete the relation's file; False when there is none by that name."""
+        self.refresh(force=True)
+        with self._lock:
+            known = name in self._entries
+        if known:
+            storage.delete(storage.join(self.folder, f"{name}.json"))
+            with self._lock:
+                self._entries.pop(name, None)
+                self._checked, self._dirty = float("-inf"), True
+        return known

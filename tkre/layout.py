@@ -1,0 +1,224 @@
+"""The run-root contract: every artifact path, every "is this stage complete", every start encoder.
+
+A run lives under one root, a local folder or `s3://bucket/prefix`:
+
+    ROOT/data/{train,dev,test}.parquet, meta.json        the K-shot draw (meta.json last)
+    ROOT/knowledge/explanations.parquet                  EDKG rows with entity offsets
+    ROOT/knowledge/synthetic.parquet                     accepted SCDG Instances
+    ROOT/knowledge/stats.json                            counts; written last: complete
+    ROOT/knowledge/ledger/                               every generated row (resume)
+    ROOT/pretrain/{mslm,scl}/                            Ray Train runs (checkpoints)
+    ROOT/pretrain/{mslm,scl}/model/, metrics.json        exported encoder; complete
+    ROOT/finetune/                                       Ray Train run (checkpoints)
+    ROOT/finetune/model/, metrics.json                   the classifier; complete
+    ROOT/eval/metrics.json, confusion.png                test-set scores; complete
+    ROOT/extract/relations/<name>.json                   run-time relations
+    ROOT/extract/calibration.json, fewshot_metrics.json  prototype calibration
+    ROOT/pipeline.json                                   per-stage wall time and memory
+    ROOT/bench/                                          the benchmark's units and report
+
+No other module spells one of these paths: stages meet only through the functions below. Each
+"complete" check looks at the file its stage writes last, so an interrupted stage is never
+taken for a finished one.
+"""
+
+from __future__ import annotations
+
+from tkre import storage
+from tkre.resources import BUNDLED_ENCODER, resolve_model
+from tkre.schema import DataError
+
+SPLITS = ("train", "dev", "test")
+PRETRAIN_STAGES = ("mslm", "scl")
+# the file a trained classifier folder always holds (written by finetune.model.save_classifier)
+MODEL_META_FILE = "tkre_model.json"
+# which job writes each stage's artifacts (named in the error when they are missing)
+WRITERS = {"data": "jobs/finetune.py or jobs/generate.py", "knowledge": "jobs/generate.py",
+           "mslm": "jobs/pretrain.py --stage mslm", "scl": "jobs/pretrain.py --stage scl",
+           "finetune": "jobs/finetune.py", "evaluate": "jobs/evaluate.py"}
+
+
+def _join(root: str, *parts: str) -> str:
+    return storage.join(root, *parts)
+
+
+# --- data --------------------------------------------------------------------------------
+
+def data_dir(root: str) -> str:
+    return _join(root, "data")
+
+
+def data_split(root: str, name: str) -> str:
+    return _join(root, "data", f"{name}.parquet")
+
+
+def data_meta(root: str) -> str:
+    return _join(root, "data", "meta.json")
+
+
+# --- knowledge ---------------------------------------------------------------------------
+
+def knowledge_dir(root: str) -> str:
+    return _join(root, "knowledge")
+
+
+def explanations(root: str) -> str:
+    return _join(root, "knowledge", "explanations.parquet")
+
+
+def synthetic(root: str) -> str:
+    return _join(root, "knowledge", "synthetic.parquet")
+
+
+def knowledge_stats(root: str) -> str:
+    return _join(root, "knowledge", "stats.json")
+
+
+def ledger_dir(root: str) -> str:
+    return _join(root, "knowledge", "ledger")
+
+
+# knowledge artifacts in the order they are written: stats.json, last, marks completeness
+def knowledge_files(root: str) -> tuple[str, ...]:
+    return explanations(root), synthetic(root), knowledge_stats(root)
+
+
+# --- pre-training ------------------------------------------------------------------------
+
+def pretrain_stage_dir(root: str, stage: str) -> str:
+    """A pre-training stage's Ray Train run folder (checkpoints)."""
+    return _join(root, "pretrain", stage)
+
+
+def pretrain_model(root: str, stage: str) -> str:
+    return _join(root, "pretrain", stage, "model")
+
+
+def pretrain_metrics(root: str, stage: str) -> str:
+    return _join(root, "pretrain", stage, "metrics.json")
+
+
+def failure_marker(run_dir: str) -> str:
+    """Fault injection's record that a run already failed once (tests only)."""
+    return _join(run_dir, "injected_failure.json")
+
+
+# --- fine-tuning and evaluation ----------------------------------------------------------
+
+def finetune_dir(root: str) -> str:
+    """Ray Train's run folder of fine-tuning (its checkpoints)."""
+    return _join(root, "finetune")
+
+
+def finetune_model(root: str) -> str:
+    return _join(root, "finetune", "model")
+
+
+def finetune_metrics(root: str) -> str:
+    return _join(root, "finetune", "metrics.json")
+
+
+def eval_metrics(root: str) -> str:
+    return _join(root, "eval", "metrics.json")
+
+
+def confusion_plot(root: str) -> str:
+    return _join(root, "eval", "confusion.png")
+
+
+# --- extraction --------------------------------------------------------------------------
+
+def relations_dir(root: str) -> str:
+    return _join(root, "extract", "relations")
+
+
+def calibration(root: str) -> str:
+    return _join(root, "extract", "calibration.json")
+
+
+def fewshot_metrics(root: str) -> str:
+    return _join(root, "extract", "fewshot_metrics.json")
+
+
+def pipeline_report(root: str) -> str:
+    return _join(root, "pipeline.json")
+
+
+# --- the benchmark -----------------------------------------------------------------------
+
+def bench_dir(root: str) -> str:
+    return _join(root, "bench")
+
+
+def bench_unit(root: str, name: str) -> str:
+    return _join(root, "bench", "units", f"{name}.json")
+
+
+def bench_report(root: str, name: str) -> str:
+    """report.json, report.md and the plots."""
+    return _join(root, "bench", name)
+
+
+def bench_run(root: str, *parts: str) -> str:
+    """A run root of its own inside the bench (a draw, a speed measurement)."""
+    return _join(root, "bench", *parts)
+
+
+# --- is a stage complete? ----------------------------------------------------------------
+
+def data_done(root: str) -> bool:
+    return storage.exists(data_meta(root))
+
+
+def knowledge_done(root: str) -> bool:
+    return storage.exists(knowledge_stats(root))
+
+
+def pretrain_done(root: str, stage: str) -> bool:
+    return (storage.exists(_join(pretrain_model(root, stage), "config.json"))
+            and storage.exists(pretrain_metrics(root, stage)))
+
+
+def finetune_done(root: str) -> bool:
+    return (storage.exists(finetune_metrics(root))
+            and storage.exists(_join(finetune_model(root), MODEL_META_FILE)))
+
+
+def evaluate_done(root: str) -> bool:
+    return storage.exists(eval_metrics(root))
+
+
+STAGE_DONE = {"knowledge": knowledge_done,
+              "mslm": lambda root: pretrain_done(root, "mslm"),
+              "scl": lambda root: pretrain_done(root, "scl"),
+              "finetune": finetune_done, "evaluate": evaluate_done}
+
+
+def require(root: str, stage: str, needed_by: str) -> None:
+    """DataError naming the missing artifact and the job that writes it."""
+    done = data_done(root) if stage == "data" else STAGE_DONE[stage](root)
+    if not done:
+        raise DataError(f"{needed_by} needs the {stage} stage's artifacts, and {root} has "
+                        f"none: run {WRITERS[stage]} on this root first (or jobs/pipeline.py, "
+                        "which runs every stage in order)", field="root")
+
+
+# --- which encoder a stage starts from ---------------------------------------------------
+
+def pretrain_start(root: str, stage: str, encoder: str, scl_init: str = "mslm") -> str:
+    """Stage 1 starts from `encoder`; stage 2 from stage 1's export (or `encoder`)."""
+    if stage == "mslm" or scl_init == "encoder":
+        return resolve_model(encoder)
+    require(root, "mslm", "stage scl")
+    return pretrain_model(root, "mslm")
+
+
+def finetune_start(root: str, encoder: str) -> str:
+    """'auto': the newest pre-trained encoder under ROOT (stage 2, else stage 1), else the
+    bundled one; anything else is resolved as a model name or folder."""
+    if encoder != "auto":
+        return resolve_model(encoder)
+    for stage in reversed(PRETRAIN_STAGES):
+        if storage.exists(_join(pretrain_model(root, stage), "config.json")):
+            return pretrain_model(root, stage)
+    return resolve_model(BUNDLED_ENCODER)
