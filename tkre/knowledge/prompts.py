@@ -12,15 +12,18 @@ import json
 
 from tkre.schema import Instance, RelationSchema
 
+# Every string is bounded, so a constrained answer always closes within its token budget (a
+# sentence of the filters' 60 words fits in 400 characters); an unbounded string let a small
+# model write until max_tokens and leave the JSON unparseable.
 SAMPLE_JSON_SCHEMA = {
     "type": "object",
     "properties": {
-        "relation": {"type": "string"},
-        "sentence": {"type": "string"},
-        "head": {"type": "string"},
-        "head_type": {"type": "string"},
-        "tail": {"type": "string"},
-        "tail_type": {"type": "string"},
+        "relation": {"type": "string", "maxLength": 100},
+        "sentence": {"type": "string", "maxLength": 400},
+        "head": {"type": "string", "maxLength": 100},
+        "head_type": {"type": "string", "maxLength": 40},
+        "tail": {"type": "string", "maxLength": 100},
+        "tail_type": {"type": "string", "maxLength": 40},
     },
     "required": ["relation", "sentence", "head", "head_type", "tail", "tail_type"],
     "additionalProperties": False,
