@@ -177,11 +177,17 @@ def test_rayjob_runs_the_pipeline_with_the_cluster_preset():
     assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] >= 1
 
 
-def test_rayjob_entrypoint_files_exist_once_written():
-    missing = [p for p in ("jobs/pipeline.py", "tkre/configs/cluster-paper.yaml")
-               if not (REPO / p).exists()]
-    if missing:
-        pytest.skip(f"not written yet: {', '.join(missing)}")
+def test_rayjob_entrypoint_names_files_that_exist_and_a_config_that_parses():
+    import shlex
+
+    from tkre.config import PipelineConfig, parse_args
+
+    python, job, *args = shlex.split(ENTRYPOINT)
+    assert python == "python" and (REPO / job).is_file()
+    config = args[args.index("--config") + 1]
+    assert (REPO / config).is_file()
+    cfg = parse_args(PipelineConfig, args)
+    assert cfg.root.startswith("s3://") and cfg.stage_list[0] == "knowledge"
 
 
 @pytest.fixture(scope="module")
