@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import sys
 
-from tkre.bench.config import BenchConfig
 from tkre.bench.run import run_bench
 from tkre.cli import run_job
+from tkre.config import BenchConfig
 
 if __name__ == "__main__":
     sys.exit(run_job(BenchConfig, run_bench, description=__doc__))

@@ -12,10 +12,9 @@ import pytest
 
 from tests.pretrain_fixtures import write_knowledge
 from tests.tiny import make_tiny_causal_lm, make_tiny_encoder
-from tkre.bench.config import BenchConfig
 from tkre.bench.quality import knowledge_root
 from tkre.bench.run import run_bench
-from tkre.config import DataConfig
+from tkre.config import BenchConfig, DataConfig
 from tkre.data import datasets
 
 pytestmark = pytest.mark.integration

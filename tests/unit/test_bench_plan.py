@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tkre.bench.config import VARIANTS, BenchConfig
 from tkre.bench.quality import (
     PRETRAINING,
     WITHOUT_SYNTHETIC,
@@ -12,6 +11,7 @@ from tkre.bench.quality import (
     finetune_encoder,
     knowledge_root,
 )
+from tkre.config import VARIANTS, BenchConfig
 
 
 def fake_model(root, owner: str, stage: str) -> str:

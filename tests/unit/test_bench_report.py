@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from tkre.bench.config import VARIANTS, BenchConfig
 from tkre.bench.report import (
     aggregate_fewrel,
     aggregate_quality,
@@ -16,6 +15,7 @@ from tkre.bench.report import (
     mean_std,
     write_report,
 )
+from tkre.config import VARIANTS, BenchConfig
 
 MACHINE = {"cpu": "Fake CPU", "cores": 2, "memory_gb": 24.0, "gpu": None, "gpus": 0,
            "torch_threads": 2, "python": "3.11", "load_average_1m": 1.0,

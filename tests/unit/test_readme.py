@@ -147,7 +147,7 @@ def test_readme_fewshot_eval_command_runs(shared_data, tmp_path):
     command = (command.replace("runs/demo/finetune/model", "bundled-encoder")
                .replace("--root runs/demo", f"--root {tmp_path}")
                .replace("--episodes 500", "--episodes 20")
-               + f" --data-dir {shared_data / 'fewrel'}")
+               .replace("../shared/data/fewrel", str(shared_data / "fewrel")))
     out = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -161,8 +161,7 @@ def test_readme_bench_commands_parse_into_their_presets():
     are parsed: every flag must exist and each preset must be the one the comment names."""
     import shlex
 
-    from tkre.bench.config import BenchConfig
-    from tkre.config import parse_args
+    from tkre.config import BenchConfig, parse_args
 
     lines = [line.split("#")[0] for block in bash_blocks() for line in block.splitlines()
              if line.startswith("python jobs/bench.py")]
@@ -171,6 +170,6 @@ def test_readme_bench_commands_parse_into_their_presets():
     assert [c.preset for c in configs] == ["quick", "full", "full"]
     assert configs[0].encoder == "bundled-encoder" and configs[1].backend == "vllm"
     # the GPU machine without Ray runs only the parts that need none
-    from tkre.bench.config import NO_RAY_PARTS
+    from tkre.config import NO_RAY_PARTS
 
     assert set(configs[2].part_list) <= set(NO_RAY_PARTS) and configs[2].zero_stage == 0

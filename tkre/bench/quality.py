@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tkre import layout, storage
-from tkre.bench.config import BenchConfig
 from tkre.bench.units import cached
-from tkre.config import DataConfig, PipelineConfig, TrainConfig
+from tkre.config import BenchConfig, DataConfig, PipelineConfig, TrainConfig
 from tkre.data import datasets
 
 # variant -> (root that owns its pre-training, stages it needs, PretrainConfig switches)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tkre import layout, storage
-from tkre.bench.config import VARIANTS
+from tkre.config import VARIANTS
 
 # std over seeds: population std (ddof 0), as LM-BFF-style few-shot tables report it
 STD_DDOF = 0

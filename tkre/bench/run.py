@@ -8,8 +8,8 @@ import traceback
 
 from tkre import layout, storage
 from tkre.bench import quality, report, speed
-from tkre.bench.config import NO_RAY_PARTS, BenchConfig
 from tkre.bench.units import NotMeasured, cached, machine
+from tkre.config import NO_RAY_PARTS, BenchConfig
 from tkre.pipeline import MemoryWatch
 
 

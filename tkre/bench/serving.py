@@ -1,6 +1,6 @@
 """Serving speed: /v1/extract with @serve.batch against one model call per request.
 
-    from tkre.bench_serving import bench_serving
+    from tkre.bench.serving import bench_serving
     bench_serving("runs/demo", concurrency=(1, 8, 32), requests_per_level=200)
 
 Both modes run the same deployment, model and replica resources on a free 127.0.0.1 port; only

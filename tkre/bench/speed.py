@@ -9,7 +9,7 @@
 - pre-training step: our MSLM step in one process (DeepSpeed engine, no Ray Train) against the
   same Trainer recipe, both timed after warm-up steps on the K-shot sentences: the step's own
   speed, on any device (a GPU machine without Ray too);
-- serving: @serve.batch against one model call per request (tkre.bench_serving);
+- serving: @serve.batch against one model call per request (tkre.bench.serving);
 - FLOP/s: the encoder's batched inference against this machine's measured matmul peak.
 """
 
@@ -21,7 +21,6 @@ import time
 import torch
 
 from tkre import layout, storage
-from tkre.bench.config import BenchConfig, int_list
 from tkre.bench.quality import (
     copy_knowledge,
     data_config,
@@ -29,7 +28,7 @@ from tkre.bench.quality import (
     ensure_knowledge,
     train_config,
 )
-from tkre.config import GenerateConfig, PretrainConfig
+from tkre.config import BenchConfig, GenerateConfig, PretrainConfig, int_list
 from tkre.resources import resolve_model
 
 STEP_WARMUP = 2  # untimed steps before the step throughput comparison (CUDA/allocator warm-up)
