@@ -14,6 +14,7 @@ from tkre.knowledge.filters import (
     Limits,
     check_candidate,
     check_explanation,
+    explanation_spans,
     extract_json_object,
     locate_entities,
     normalize,
@@ -392,3 +393,25 @@ def test_explanation_min_words_and_gold_tokens_from_another_tokeniser() -> None:
                     head=Span(4, 5, ""), tail=Span(1, 3, ""), relation="per:employee_of")
     text = "Lee works for the U.S. Army, which hired him."
     assert check_explanation(text, gold) == (text, ACCEPTED)
+
+
+def test_explanation_spans_sit_on_token_boundaries() -> None:
+    """Offsets of the entities inside an explanation (issue 13's cases): no match inside a
+    longer word, SemEval's space-separated tokens found in normally written text."""
+    car = Instance(id="c1", tokens=("The", "car", "hit", "the", "scarf", "."),
+                   head=Span(1, 2, "car"), tail=Span(4, 5, "scarf"), relation="r")
+    text = "A scarf was hit because the car swerved into the scarf."
+    (head, tail) = explanation_spans(text, car)
+    assert text[head[0]:head[1]] == "car" and head[0] == text.index(" car ") + 1
+    assert text[tail[0]:tail[1]] == "scarf" and tail[0] == 2
+    army = Instance(id="a1", tokens=("the", "U.S", ".", "Army", "hired", "Lee"),
+                    head=Span(5, 6, "Lee"), tail=Span(1, 4, "U.S . Army"), relation="r")
+    text = "Lee was hired by the U.S. Army in 2001."
+    assert check_explanation(text, army) == (text, ACCEPTED)
+    (head, tail) = explanation_spans(text, army)
+    assert text[head[0]:head[1]] == "Lee" and text[tail[0]:tail[1]] == "U.S. Army"
+    # case-insensitive; an entity written only inside the other gives no pair
+    assert explanation_spans("lee and the u.s. army", army) is not None
+    nested = Instance(id="n1", tokens=("New", "York", "City", "near", "York"),
+                      head=Span(0, 3, "New York City"), tail=Span(4, 5, "York"), relation="r")
+    assert explanation_spans("New York City is big.", nested) is None

@@ -299,6 +299,33 @@ def _explanation_reason(text: str, inst: Instance, min_words: int) -> str | None
     return None
 
 
+def explanation_spans(text: str, inst: Instance
+                      ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Character spans of the instance's head and tail in an explanation, on token boundaries.
+
+    The entities are matched as whole token sequences, case-insensitively, with the tokeniser
+    `check_explanation` uses: "car" is not found inside "scarf", and SemEval's "U.S . Army"
+    is found in "the U.S. Army". The first non-overlapping (head, tail) pair in reading order
+    wins; None when there is none.
+    """
+    tokens, offsets = tokenize_with_offsets(text)
+    folded = [token.casefold() for token in tokens]
+
+    def occurrences(span: Span) -> list[tuple[int, int]]:
+        words, _ = tokenize_with_offsets(" ".join(inst.tokens[span.start:span.end]))
+        entity = [word.casefold() for word in words]
+        width = len(entity)
+        return [(i, i + width) for i in range(len(folded) - width + 1)
+                if width and folded[i:i + width] == entity]
+
+    for head_start, head_end in occurrences(inst.head):
+        for tail_start, tail_end in occurrences(inst.tail):
+            if head_end <= tail_start or tail_end <= head_start:
+                return ((offsets[head_start][0], offsets[head_end - 1][1]),
+                        (offsets[tail_start][0], offsets[tail_end - 1][1]))
+    return None
+
+
 def check_explanation(text: str, inst: Instance, min_words: int = 5) -> tuple[str | None, str]:
     """(cleaned text, "accepted") when the explanation is usable, else (None, reason).
 

@@ -23,7 +23,12 @@ from tkre.config import GenerateConfig
 from tkre.data import datasets, readers
 from tkre.knowledge import prompts
 from tkre.knowledge.backends import choose_backend, generate
-from tkre.knowledge.filters import Limits, check_candidate, check_explanation
+from tkre.knowledge.filters import (
+    Limits,
+    check_candidate,
+    check_explanation,
+    explanation_spans,
+)
 from tkre.knowledge.ledger import Ledger
 from tkre.schema import Instance, RelationSchema, derive_schemas
 from tkre.train.cluster import init_ray
@@ -139,7 +144,8 @@ EXPLANATION_SCHEMA = pa.schema([
 
 
 def accepted_explanations(ledger: Ledger, train: list[Instance]) -> tuple[list[dict], Counter]:
-    """EDKG rows that mention both entities, with the entities' character offsets in the text."""
+    """EDKG rows that mention both entities, with the entities' character offsets in the text
+    (on token boundaries, as the explanation's own words: `filters.explanation_spans`)."""
     by_id = {inst.id: inst for inst in train}
     rows, verdicts = [], Counter()
     for row in ledger.of_kind("edkg"):
@@ -151,17 +157,16 @@ def accepted_explanations(ledger: Ledger, train: list[Instance]) -> tuple[list[d
         if text is None:
             verdicts[reason] += 1
             continue
-        lowered = text.lower()
-        head_start = lowered.find(inst.head.text.lower())
-        tail_start = lowered.find(inst.tail.text.lower())
-        if head_start < 0 or tail_start < 0:  # matched only after whitespace normalisation
+        spans = explanation_spans(text, inst)
+        if spans is None:  # both entities are there, but only overlapping each other
             verdicts["entity_offsets_not_found"] += 1
             continue
+        (head_start, head_end), (tail_start, tail_end) = spans
         verdicts["accepted"] += 1
         rows.append({"id": row["request_id"], "instance_id": inst.id, "relation": inst.relation,
-                     "text": text, "head": inst.head.text, "tail": inst.tail.text,
-                     "head_start": head_start, "head_end": head_start + len(inst.head.text),
-                     "tail_start": tail_start, "tail_end": tail_start + len(inst.tail.text),
+                     "text": text, "head": text[head_start:head_end],
+                     "tail": text[tail_start:tail_end], "head_start": head_start,
+                     "head_end": head_end, "tail_start": tail_start, "tail_end": tail_end,
                      "model": row["model"], "prompt_hash": row["prompt_hash"]})
     return rows, verdicts
 
