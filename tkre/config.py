@@ -106,6 +106,14 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     epochs: int = _help("passes over the training set", default=10)
+    max_steps: int | None = _help(
+        "optimizer steps in all (overrides epochs; the last pass may stop part-way)",
+        default=None)
+    budget: str = _help(
+        "what `epochs` counts passes over, for the number of optimizer steps: gold (the "
+        "K-shot set: synthetic sentences change the data, not the number of updates, so runs "
+        "with and without them compare at equal budget) or data (everything trained on)",
+        default="gold")
     batch_size: int = _help("global training batch size", default=8)
     eval_batch_size: int = _help("batch size for dev/test prediction", default=64)
     # 1e-4, not the paper's 3e-5 (tuned for RoBERTa-large): on SemEval 8-shot with the bundled
@@ -136,6 +144,8 @@ class FinetuneConfig:
                "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        _check(self.budget in ("gold", "data"), "budget", "must be gold or data")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
@@ -231,6 +241,7 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "negative_max_len"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        _check(self.budget in ("gold", "data"), "budget", "must be gold or data")
         _check(self.max_length >= 8, "max_length", "must be >= 8")
         _check(self.negatives >= 0, "negatives", "must be >= 0")
         for name in ("mask_relation", "mask_entity", "mask_other"):

@@ -56,6 +56,14 @@ def dev_f1(model: RelationClassifier, tokenizer, meta: ModelMeta, dev: list[Inst
     return micro_prf([inst.relation for inst in dev], pred, meta.no_relation)["f1"]
 
 
+def budget(cfg: FinetuneConfig, train_size: int, gold_size: int) -> tuple[int, int]:
+    """(optimizer steps, passes over the training data): `max_steps` when set, else `epochs`
+    passes over the gold set (budget gold) or over everything trained on (budget data)."""
+    counted = gold_size if cfg.budget == "gold" else train_size
+    total = cfg.max_steps or math.ceil(max(counted, 1) / cfg.batch_size) * cfg.epochs
+    return total, math.ceil(total / math.ceil(train_size / cfg.batch_size))
+
+
 def train_loop(config: dict) -> None:
     import ray.train
 
@@ -69,18 +77,20 @@ def train_loop(config: dict) -> None:
     encoded = [encode(tokenizer, inst, meta.typed_markers, cfg.max_length) for inst in train]
     label_ids = [meta.label_to_id[inst.relation] for inst in train]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    strategy = make_strategy(model, StrategySettings.of(cfg, eps=ADAM_EPS), world,
-                             steps_per_epoch * cfg.epochs)
+    total_steps, epochs = budget(cfg, len(train), config["gold_size"])
+    strategy = make_strategy(model, StrategySettings.of(cfg, eps=ADAM_EPS), world, total_steps)
     state = restore(strategy, {"epoch": 0, "step": 0, "best_dev_micro_f1": -1.0,
                                "best_epoch": 0}, "finetune")
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state["epoch"], epochs):
         started, seen, loss_sum = time.perf_counter(), 0, torch.zeros(())
         model.train()
         # every rank draws the same permutation and takes its slice of each global batch
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
             cfg.train_seed * 1000 + epoch)).tolist()
         for step in range(steps_per_epoch):
+            if state["step"] >= total_steps:  # a step budget can end part-way through a pass
+                break
             batch_ids = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             if len(batch_ids) < world:  # a rank with no rows would stall the all-reduce
                 continue
@@ -103,7 +113,7 @@ def train_loop(config: dict) -> None:
                    "best_dev_micro_f1": state["best_dev_micro_f1"],
                    "samples_per_s": seen / elapsed if elapsed else 0.0}
         if rank == 0:
-            print(f"[finetune] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
+            print(f"[finetune] epoch {epoch + 1}/{epochs} loss {metrics['train_loss']:.4f} "
                   f"dev micro-F1 {score:.4f} (best {state['best_dev_micro_f1']:.4f}) "
                   f"{metrics['samples_per_s']:.1f} samples/s", flush=True)
         report(strategy, state, metrics, rank)

@@ -46,7 +46,7 @@ def run_finetune(cfg: FinetuneConfig, splits: datasets.Splits | None = None) -> 
           f"{'typed' if typed else 'untyped'} markers", flush=True)
     result = fit(train_loop,
                  {"cfg": asdict(cfg), "meta": asdict(meta), "encoder": encoder,
-                  "train": [inst.to_dict() for inst in train],
+                  "train": [inst.to_dict() for inst in train], "gold_size": len(splits.train),
                   "dev": [inst.to_dict() for inst in splits.dev]},
                  cfg.train, layout.finetune_dir(cfg.root),
                  score="dev_micro_f1", score_order="max")
