@@ -11,7 +11,7 @@ A run lives under one root, a local folder or `s3://bucket/prefix`:
     ROOT/pretrain/{mslm,scl}/model/, metrics.json        exported encoder; complete
     ROOT/finetune/                                       Ray Train run (checkpoints)
     ROOT/finetune/model/, metrics.json                   the classifier; complete
-    ROOT/eval/metrics.json, confusion.png                test-set scores; complete
+    ROOT/eval/metrics.json, predictions.parquet, confusion.png   test-set scores
     ROOT/extract/relations/<name>.json                   run-time relations
     ROOT/extract/calibration.json, fewshot_metrics.json  prototype calibration
     ROOT/pipeline.json                                   per-stage wall time and memory
@@ -120,6 +120,11 @@ def finetune_metrics(root: str) -> str:
 
 def eval_metrics(root: str) -> str:
     return _join(root, "eval", "metrics.json")
+
+
+def eval_predictions(root: str) -> str:
+    """One row per test sentence: id, gold and predicted label (paired comparisons)."""
+    return _join(root, "eval", "predictions.parquet")
 
 
 def confusion_plot(root: str) -> str:

@@ -66,7 +66,11 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
     for name in ("f1_vs_k.png", "speed_ratios.png", "report.md"):
         assert (tmp_path / "bench" / "bench" / name).stat().st_size > 0
     units = sorted(p.name for p in (tmp_path / "bench" / "bench" / "units").iterdir())
-    assert "demo-k4-s1-no_scl.json" in units and "speed-serving.json" in units
+    # one file per unit, named by the unit and a hash of the settings it was measured with
+    assert any(u.startswith("demo-k4-s1-no_scl-") for u in units)
+    assert any(u.startswith("speed-serving-") for u in units)
+    # each variant's unit keeps its per-sentence predictions; the report has the paired gains
+    assert set(saved["quality"]["paired_gain"]["4"]) == {"tkre", "no_scl"}
 
     again = run_bench(cfg)  # every unit is reused: same figures, nothing re-measured
     assert again["quality"]["demo"] == report["quality"]["demo"]

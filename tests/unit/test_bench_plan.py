@@ -14,11 +14,11 @@ from tkre.bench.quality import (
 from tkre.config import VARIANTS, BenchConfig
 
 
-def fake_model(root, owner: str, stage: str) -> str:
+def fake_model(cfg: BenchConfig, draw: tuple[int, int], owner: str, stage: str) -> str:
     """A complete pre-training stage (export + metrics) in a variant's run root."""
     from tkre import layout, storage
 
-    run_root = str(root / "bench" / "demo" / owner)
+    run_root = f"{draw_root(cfg, *draw)}/{owner}"
     folder = layout.pretrain_model(run_root, stage)
     storage.write_json(f"{folder}/config.json", {})
     storage.write_json(layout.pretrain_metrics(run_root, stage), {})
@@ -35,9 +35,9 @@ def test_every_variant_has_a_plan():
 def test_finetune_encoders_follow_the_ablation(tmp_path):
     cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="1",
                       extra_points="16:1", encoder="base-encoder")
-    tkre_scl = fake_model(tmp_path, "k8-s1/tkre", "scl")
-    tkre_mslm = fake_model(tmp_path, "k8-s1/tkre", "mslm")
-    no_mslm = fake_model(tmp_path, "k8-s1/no_mslm", "scl")
+    tkre_scl = fake_model(cfg, (8, 1), "tkre", "scl")
+    tkre_mslm = fake_model(cfg, (8, 1), "tkre", "mslm")
+    no_mslm = fake_model(cfg, (8, 1), "no_mslm", "scl")
     assert finetune_encoder(cfg, "finetune_only", 8, 1) == "base-encoder"
     assert finetune_encoder(cfg, "tkre", 8, 1) == tkre_scl
     assert finetune_encoder(cfg, "no_scl", 8, 1) == tkre_mslm
@@ -53,7 +53,7 @@ def test_knowledge_is_shared_or_per_draw(tmp_path):
     per_draw = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8,16", seeds="1",
                            share_knowledge=False)
     root, data = knowledge_root(shared, 16, 1)
-    assert root.endswith("knowledge-shared") and (data.k, data.seed) == (8, 1)
+    assert "knowledge-shared" in root and (data.k, data.seed) == (8, 1)
     root, data = knowledge_root(per_draw, 16, 1)
     assert root.startswith(draw_root(per_draw, 16, 1)) and data.k == 16
 

@@ -64,8 +64,8 @@ def speed_units() -> dict:
     }
 
 
-def test_mean_std_is_population_std_over_seeds():
-    assert mean_std([0.4, 0.6]) == pytest.approx((0.5, 0.1))
+def test_mean_std_is_the_sample_std_over_seeds():
+    assert mean_std([0.4, 0.6]) == pytest.approx((0.5, math.sqrt(0.02)))
     assert mean_std([0.3]) == (0.3, 0.0)
 
 
@@ -76,7 +76,7 @@ def test_quality_aggregates_per_k_and_variant():
         assert set(table[k]) == set(VARIANTS)
     row = table["8"]["tkre"]  # index 1: 0.1 + {0, .1, .2} + 0.08
     assert row["micro_f1_mean"] == pytest.approx(0.28)
-    assert row["micro_f1_std"] == pytest.approx(math.sqrt(2 / 3) * 0.1)
+    assert row["micro_f1_std"] == pytest.approx(0.1)  # sample std of 0.18, 0.28, 0.38
     assert row["semeval_macro_f1_mean"] == pytest.approx(0.15)
     assert row["seeds"] == [13, 21, 42] and row["n_seeds"] == 3
     assert row["per_seed"]["21"]["micro_f1"] == pytest.approx(0.28)
@@ -153,30 +153,53 @@ def unit(variant: str, seed: int, f1: float, **extra) -> dict:
             "semeval_macro_f1": f1, "test_examples": 100, **extra}
 
 
-def test_claims_compare_tkre_with_each_variant_against_the_seed_noise():
-    from tkre.bench.report import check_claims
+def predictions(seed: int, right: int, total: int = 40) -> dict:
+    """`right` of `total` test sentences predicted correctly (the rest as Other)."""
+    gold = ["A" if i % 2 else "B" for i in range(total)]
+    pred = [g if i < right else "Other" for i, g in enumerate(gold)]
+    return {"id": [f"t{i}" for i in range(total)], "gold": gold, "pred": pred}
 
-    units = [unit("finetune_only", 1, 0.40), unit("finetune_only", 2, 0.42),  # std 0.01
-             unit("tkre", 1, 0.50), unit("tkre", 2, 0.52),                    # std 0.01
-             unit("no_edkg", 1, 0.505),       # one seed: noise borrowed, sqrt(2)*0.01
-             unit("no_mslm", 1, 0.60),
-             unit("no_scdg", 1, 0.51, same_as="tkre")]
-    claims = {c["compared"]: c for c in check_claims(aggregate_quality(units))}
+
+def test_claims_are_paired_over_draws_with_a_t_interval():
+    from tkre.bench.report import check_claims, paired_gains
+
+    units = [unit("finetune_only", 1, 0.40), unit("finetune_only", 2, 0.42),
+             unit("finetune_only", 3, 0.41),
+             unit("tkre", 1, 0.45), unit("tkre", 2, 0.46), unit("tkre", 3, 0.47),
+             unit("no_edkg", 1, 0.46),          # one draw: a difference, no interval
+             unit("no_mslm", 1, 0.50), unit("no_mslm", 2, 0.52), unit("no_mslm", 3, 0.51),
+             unit("no_scdg", 1, 0.45, same_as="tkre")]
+    table = aggregate_quality(units)
+    claims = {c["compared"]: c for c in check_claims(units, table, verdicts=True, floor=0.3)}
     baseline = claims["tkre - finetune_only"]
-    assert baseline["micro_f1_delta"] == pytest.approx(0.10)
-    assert baseline["noise"] == pytest.approx(math.hypot(0.01, 0.01))
+    assert baseline["gain"]["mean"] == pytest.approx(5.0)  # points, paired per draw
+    assert baseline["gain"]["draws"] == 3 and baseline["gain"]["ci95"][0] > 0
     assert baseline["verdict"] == "holds"
-    # compared on the seed both ran (tkre's seed-1 F1, not its 2-seed mean)
-    assert claims["tkre - no_edkg"]["micro_f1_delta"] == pytest.approx(-0.005)
-    assert claims["tkre - no_edkg"]["seeds"] == [1]
-    assert claims["tkre - no_edkg"]["noise"] == pytest.approx(math.sqrt(2) * 0.01)
-    assert claims["tkre - no_edkg"]["verdict"] == "within noise"
     assert claims["tkre - no_mslm"]["verdict"] == "contradicted"
+    assert claims["tkre - no_edkg"]["seeds"] == [1]
+    assert claims["tkre - no_edkg"]["verdict"].startswith("no verdict (fewer than 2")
     assert claims["tkre - no_scdg"]["verdict"].startswith("not tested")
-    assert "tkre - no_scl" not in claims
+    # the same figures without verdicts (quick preset) or with the baseline under its floor
+    quick = check_claims(units, table, verdicts=False)
+    assert all(c["verdict"].startswith(("no verdict", "not tested")) for c in quick)
+    floored = check_claims(units, table, verdicts=True, floor=0.45)
+    assert floored[0]["verdict"].startswith("under-trained, no verdict")
+    # report.json's paired_gain: every variant against fine-tuning only, per K
+    gains = paired_gains(units, table)["8"]
+    assert gains["tkre"]["mean"] == pytest.approx(5.0) and gains["tkre"]["draws"] == 3
+    assert set(gains) == {"tkre", "no_edkg", "no_mslm", "no_scdg"}
 
-    alone = check_claims(aggregate_quality([unit("tkre", 1, 0.5), unit("no_scl", 1, 0.4)]))
-    assert alone[0]["noise"] is None and alone[0]["verdict"].startswith("holds (one seed")
+
+def test_draws_with_predictions_get_a_paired_bootstrap():
+    from tkre.bench.report import paired_gains
+
+    units = [unit("finetune_only", 1, 0.5, predictions=predictions(1, 20), no_relation="Other"),
+             unit("tkre", 1, 0.75, predictions=predictions(1, 30), no_relation="Other")]
+    gain = paired_gains(units, aggregate_quality(units))["8"]["tkre"]
+    boot = gain["bootstrap"]["1"]
+    # F1 2*30/(30+40) - 2*20/(20+40), in points: the bootstrap's observed difference
+    assert boot["sentences"] == 40 and boot["mean"] == pytest.approx(100 * (60 / 70 - 40 / 60))
+    assert boot["ci95"][0] > 0
 
 
 def test_presets_fill_unset_fields_and_flags_win():
@@ -210,7 +233,7 @@ def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
     cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", report_only=True,
                       seeds="1", extra_points="")
     unit = {"variant": "tkre", "k": 8, "seed": 1, "micro_f1": 0.5, "test_examples": 40}
-    write_json(unit_path(str(tmp_path), "demo-k8-s1-tkre"), unit)
+    write_json(unit_path(cfg, "demo-k8-s1-tkre"), unit)
     report = run_bench(cfg)
     assert report["quality"]["demo"]["8"]["tkre"]["micro_f1_mean"] == 0.5
     assert "demo-k8-s1-finetune_only" in report["errors"]
@@ -222,3 +245,21 @@ def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
     write_json(str(tmp_path / "bench" / "report.json"), previous)
     assert run_bench(cfg)["machine"]["cpu"] == "Measuring CPU"
     assert "Measuring CPU" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_units_are_keyed_by_the_settings_that_measured_them(tmp_path):
+    """A re-run with other sizes on the same root measures again, in fresh run roots; a
+    change of what is run or how it is judged reuses everything."""
+    from tkre.bench.quality import draw_root
+    from tkre.bench.units import unit_path
+
+    base = BenchConfig(root=str(tmp_path), quick=True, data="demo")
+    longer = BenchConfig(root=str(tmp_path), quick=True, data="demo", finetune_epochs=3)
+    other_model = BenchConfig(root=str(tmp_path), quick=True, data="demo", encoder="other")
+    same = BenchConfig(root=str(tmp_path), quick=True, data="demo", parts="quality",
+                       verdicts=True, seeds="42")
+    name = "demo-k8-s42-tkre"
+    assert unit_path(base, name) != unit_path(longer, name) != unit_path(other_model, name)
+    assert unit_path(base, name) == unit_path(same, name)
+    assert draw_root(base, 8, 42) != draw_root(longer, 8, 42)
+    assert draw_root(base, 8, 42) == draw_root(same, 8, 42)

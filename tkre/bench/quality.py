@@ -24,8 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from tkre import layout, storage
-from tkre.bench.units import cached
+from tkre.bench.units import cached, settings_key
 from tkre.config import BenchConfig, DataConfig, PipelineConfig, TrainConfig
 from tkre.data import datasets
 
@@ -44,7 +46,9 @@ Guard = Callable[[str, Callable[[], Any]], Any]
 
 
 def draw_root(cfg: BenchConfig, k: int, seed: int) -> str:
-    return layout.bench_run(cfg.root, cfg.data, f"k{k}-s{seed}")
+    """A draw's run roots, per settings hash: a stage finished under other settings is never
+    taken for this run's."""
+    return layout.bench_run(cfg.root, cfg.data, f"k{k}-s{seed}-{settings_key(cfg)}")
 
 
 def run_stages(root: str, data: DataConfig, stages: tuple[str, ...], **sections: dict) -> dict:
@@ -82,7 +86,7 @@ def knowledge_root(cfg: BenchConfig, k: int, seed: int) -> tuple[str, DataConfig
     """Where a draw's knowledge is generated, and the K-shot draw it is generated from."""
     if cfg.share_knowledge:
         first_k, first_seed = cfg.draws()[0]
-        return (layout.bench_run(cfg.root, cfg.data, "knowledge-shared"),
+        return (layout.bench_run(cfg.root, cfg.data, f"knowledge-shared-{settings_key(cfg)}"),
                 data_config(cfg, first_k, first_seed))
     return storage.join(draw_root(cfg, k, seed), "knowledge-gen"), data_config(cfg, k, seed)
 
@@ -185,11 +189,16 @@ def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: st
              for stage in ("finetune", "evaluate")}
     metrics = storage.read_json(layout.eval_metrics(root))
     finetune = storage.read_json(layout.finetune_metrics(root))
+    fs, path = storage.arrow_filesystem(layout.eval_predictions(root))
+    predictions = pq.read_table(path, filesystem=fs).to_pydict()
     return {"variant": variant, "k": k, "seed": seed, "micro_f1": metrics["micro_f1"],
             "semeval_macro_f1": metrics.get("semeval_macro_f1"),
             "test_examples": metrics["num_examples"], "encoder": encoder,
             "train_gold": finetune["train_gold"], "train_synthetic": finetune["train_synthetic"],
-            "best_epoch": finetune["best_epoch"], "data": asdict(data), **walls}
+            "best_epoch": finetune["best_epoch"], "data": asdict(data),
+            "no_relation": metrics["no_relation"],
+            # per test sentence, for the paired bootstrap against another variant
+            "predictions": {key: predictions[key] for key in ("id", "gold", "pred")}, **walls}
 
 
 # ablation -> (knowledge count it removes, what that count counts)
@@ -226,8 +235,7 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         for owner in sorted(owners):
             name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
             guard(name, lambda o=owner, n=name: cached(
-                cfg.root, n, lambda: run_pretraining(cfg, o, k, seed, knowledge),
-                cfg.report_only))
+                cfg, n, lambda: run_pretraining(cfg, o, k, seed, knowledge)))
     units, measured = [], {}
     for variant in variants:
         name = f"{cfg.data}-k{k}-s{seed}-{variant}"
@@ -239,7 +247,7 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         else:
             def measure(v=variant):
                 return run_variant(cfg, v, k, seed, knowledge)
-        unit = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m, cfg.report_only))
+        unit = guard(name, lambda n=name, m=measure: cached(cfg, n, m))
         if unit is not None:
             measured[variant] = unit
             units.append(unit | {"knowledge": summary,
@@ -263,7 +271,7 @@ def pretraining_notes(cfg: BenchConfig, variant: str, k: int, seed: int) -> list
     if PRETRAINING[variant] is None:
         return []
     source = cfg.draws()[0] if cfg.share_pretraining else (k, seed)
-    path = unit_path(cfg.root, f"pretrain-{cfg.data}-k{source[0]}-s{source[1]}-"
+    path = unit_path(cfg, f"pretrain-{cfg.data}-k{source[0]}-s{source[1]}-"
                                f"{PRETRAINING[variant][0]}")
     return storage.read_json(path).get("notes", []) if storage.exists(path) else []
 
@@ -344,7 +352,7 @@ def run_fewrel(cfg: BenchConfig, guard: Guard) -> dict[str, dict]:
     out = {}
     for name, source in fewrel_encoders(cfg).items():
         result = guard(f"fewrel-{name}", lambda n=name, s=source: cached(
-            cfg.root, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s), cfg.report_only))
+            cfg, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s)))
         if result is not None:
             out[name] = result
     return out

@@ -12,10 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from tkre import layout, storage
+from tkre.bench import stats
 from tkre.config import VARIANTS
 
-# std over seeds: population std (ddof 0), as LM-BFF-style few-shot tables report it
-STD_DDOF = 0
+# std over seeds: the sample std (ddof 1), an estimate of the draw-to-draw spread
+STD_DDOF = 1
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -62,54 +63,74 @@ CLAIMS = (
 )
 
 
-def check_claims(table: dict) -> list[dict]:
-    """Per K and claim: tkre's micro-F1 minus the other variant's on the seeds both ran,
-    against the seed noise.
+def _f1_by_seed(row: dict, variant: str) -> dict[str, float]:
+    entry = row.get(variant) or {}
+    return {seed: cell["micro_f1"] for seed, cell in entry.get("per_seed", {}).items()}
 
-    noise = sqrt(std_tkre^2 + std_other^2) over those seeds when there are 2+; otherwise the
-    largest such figure among the variants of that K run on 2+ seeds (said in `noise_from`).
-    Verdict: holds (delta > noise), contradicted (delta < -noise), within noise; with no
-    noise estimate at all, the sign alone, marked as one seed.
+
+def draw_bootstraps(units: list[dict], k: int, variant: str, baseline: str) -> dict:
+    """Per draw (seed): the paired bootstrap of variant - baseline over the test sentences,
+    where both units kept their predictions on the same sentences."""
+    by_key = {(u["k"], u["variant"], u["seed"]): u for u in units}
+    out = {}
+    for (unit_k, name, seed), mine in sorted(by_key.items(), key=lambda item: item[0][2]):
+        theirs = by_key.get((k, baseline, seed))
+        if unit_k != k or name != variant or theirs is None:
+            continue
+        ours, other = mine.get("predictions"), theirs.get("predictions")
+        if not ours or not other or ours["id"] != other["id"]:
+            continue
+        out[str(seed)] = stats.paired_bootstrap(ours["gold"], ours["pred"], other["pred"],
+                                                mine.get("no_relation", "Other"))
+    return out
+
+
+def paired_gains(units: list[dict], table: dict) -> dict:
+    """{K: {variant: variant - finetune_only in micro-F1 points}}: mean and 95 % t-interval
+    over the draws both ran (`mean`, `ci95`, `draws`, `per_draw`), and each draw's paired
+    bootstrap over test sentences (`bootstrap`)."""
+    out: dict[str, dict] = {}
+    for k, row in table.items():
+        if "finetune_only" not in row:
+            continue
+        for variant in row:
+            if variant == "finetune_only":
+                continue
+            gain = stats.paired_gain(_f1_by_seed(row, variant), _f1_by_seed(row, "finetune_only"))
+            if gain is not None:
+                gain["bootstrap"] = draw_bootstraps(units, int(k), variant, "finetune_only")
+                out.setdefault(k, {})[variant] = gain
+    return out
+
+
+def check_claims(units: list[dict], table: dict, verdicts: bool = True,
+                 floor: float | None = None) -> list[dict]:
+    """Per K and claim: tkre - the other variant, paired over the draws both ran.
+
+    A claim holds only where the 95 % t-interval of the paired difference lies above zero; no
+    verdict where the preset is a machinery check (`verdicts` off) or where fine-tuning alone
+    stayed under its floor (an under-trained baseline makes every gain meaningless).
     """
-    def f1s(entry: dict, seeds: list[str]) -> list[float]:
-        return [entry["per_seed"][s]["micro_f1"] for s in seeds]
-
     out = []
     for k in sorted(table, key=int):
         row = table[k]
         if "tkre" not in row:
             continue
-        repeated = [v["micro_f1_std"] for v in row.values() if v["n_seeds"] >= 2]
-        proxy = math.sqrt(2) * max(repeated) if repeated else None
+        baseline = row.get("finetune_only", {}).get("micro_f1_mean")
         for other, claim in CLAIMS:
             if other not in row:
                 continue
-            ours, theirs = row["tkre"], row[other]
-            seeds = sorted(set(ours["per_seed"]) & set(theirs["per_seed"]), key=int)
-            if not seeds:
+            gain = stats.paired_gain(_f1_by_seed(row, "tkre"), _f1_by_seed(row, other))
+            if gain is None:
                 continue
-            mine, yours = f1s(ours, seeds), f1s(theirs, seeds)
-            delta = mean_std(mine)[0] - mean_std(yours)[0]
-            if len(seeds) >= 2:
-                noise = math.hypot(mean_std(mine)[1], mean_std(yours)[1])
-                noise_from = "these two variants' common seeds"
+            if row[other].get("same_as") == "tkre":
+                judged = "not tested (same run as tkre: nothing to remove)"
             else:
-                noise, noise_from = proxy, ("the repeated variants of this K"
-                                            if proxy is not None else None)
-            if theirs.get("same_as") == "tkre":
-                verdict = "not tested (same run as tkre: nothing to remove)"
-            elif noise is None:
-                sign = "holds" if delta > 0 else "does not hold"
-                verdict = f"{sign} (one seed, no noise estimate)"
-            elif delta > noise:
-                verdict = "holds"
-            elif delta < -noise:
-                verdict = "contradicted"
-            else:
-                verdict = "within noise"
+                judged = stats.verdict(gain, baseline, floor, verdicts)
             out.append({"k": int(k), "claim": claim, "compared": f"tkre - {other}",
-                        "seeds": [int(s) for s in seeds], "micro_f1_delta": delta,
-                        "noise": noise, "noise_from": noise_from, "verdict": verdict})
+                        "seeds": sorted(int(s) for s in gain["per_draw"]),
+                        "gain": gain, "bootstrap": draw_bootstraps(units, int(k), "tkre", other),
+                        "verdict": judged})
     return out
 
 
@@ -185,12 +206,16 @@ def build_report(settings: dict, machine: dict, data: str, quality_units: list[d
                  wall_s: float) -> dict:
     knowledge = next((u["knowledge"] for u in quality_units if "knowledge" in u), None)
     table = aggregate_quality(quality_units)
+    claims = check_claims(quality_units, table, settings.get("verdicts", True),
+                          settings.get("baseline_floor"))
+    # the per-sentence predictions stay in the unit files; the report keeps the figures
+    units = [{k: v for k, v in u.items() if k != "predictions"} for u in quality_units]
     return {
         "preset": settings.get("preset"), "settings": settings, "machine": machine,
         "wall_s": wall_s, "errors": errors,
-        "quality": {data: table, "claims": check_claims(table),
-                    "fewrel": aggregate_fewrel(fewrel), "knowledge": knowledge,
-                    "units": quality_units},
+        "quality": {data: table, "paired_gain": paired_gains(quality_units, table),
+                    "claims": claims, "fewrel": aggregate_fewrel(fewrel),
+                    "knowledge": knowledge, "units": units},
         "speed": aggregate_speed(speed_units),
     }
 
@@ -259,6 +284,18 @@ def quality_markdown(report: dict, data: str) -> list[str]:
     return lines
 
 
+def _interval(gain: dict | None) -> str:
+    if not gain or not gain.get("ci95"):
+        return "-"
+    low, high = gain["ci95"]
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _bootstraps(cells: dict) -> str:
+    return "; ".join(f"s{seed} {cell['mean']:+.2f} {_interval(cell)}"
+                     for seed, cell in cells.items()) or "-"
+
+
 def claims_markdown(report: dict) -> list[str]:
     claims = report["quality"].get("claims") or []
     if not claims:
@@ -267,13 +304,18 @@ def claims_markdown(report: dict) -> list[str]:
              "The paper's result tables could not be retrieved on this machine, so these are its "
              "qualitative claims: TKRE beats the fine-tuned baseline (+7.8 average F1 on the TYP "
              "Marker backbone per a secondary summary, largest at K=8) and each of EDKG, SCDG, "
-             "MSLM and SCL helps. Delta = tkre's mean micro-F1 minus the other variant's, "
-             "over the seeds both ran; noise = the seeds' spread (report.json `noise_from`).", "",
-             "| K | claim | compared | delta micro-F1 | noise | verdict |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "MSLM and SCL helps. Gain = tkre's micro-F1 minus the other variant's, in points, "
+             "paired per draw (same K-shot sets, seeds and test set); mean over the draws with "
+             "its 95 % t-interval, and per draw a paired bootstrap over the test sentences. A "
+             "claim holds only where the t-interval is above zero.", "",
+             "| K | claim | compared | draws | gain (points) | 95 % interval | "
+             "per draw, bootstrap | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in claims:
-        lines.append(f"| {row['k']} | {row['claim']} | {row['compared']} | "
-                     f"{row['micro_f1_delta']:+.4f} | {_f(row['noise'])} | {row['verdict']} |")
+        gain = row["gain"]
+        lines.append(f"| {row['k']} | {row['claim']} | {row['compared']} | {gain['draws']} | "
+                     f"{gain['mean']:+.2f} | {_interval(gain)} | "
+                     f"{_bootstraps(row.get('bootstrap', {}))} | {row['verdict']} |")
     return lines
 
 

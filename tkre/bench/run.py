@@ -39,8 +39,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         if "fewrel" in cfg.part_list:
             fewrel = quality.run_fewrel(cfg, guard)
         for name, measure in speed.measurements(cfg).items():
-            result = guard(name, lambda n=name, m=measure: cached(cfg.root, n, m,
-                                                                  cfg.report_only))
+            result = guard(name, lambda n=name, m=measure: cached(cfg, n, m))
             if result is not None:
                 speed_units[name] = result
     if not cfg.report_only:

@@ -28,6 +28,7 @@ from tkre.bench.quality import (
     ensure_knowledge,
     train_config,
 )
+from tkre.bench.units import settings_key
 from tkre.config import BenchConfig, GenerateConfig, PretrainConfig, int_list
 from tkre.resources import resolve_model
 
@@ -88,7 +89,8 @@ def _speed_root(cfg: BenchConfig, name: str) -> tuple[str, object]:
     from tkre.data import datasets
 
     k, seed = cfg.draws()[0]
-    root, data = layout.bench_run(cfg.root, "speed", name), data_config(cfg, k, seed)
+    root = layout.bench_run(cfg.root, "speed", f"{name}-{settings_key(cfg)}")
+    data = data_config(cfg, k, seed)
     datasets.prepare(data, root)
     copy_knowledge(ensure_knowledge(cfg, k, seed), root)
     return root, data
@@ -135,7 +137,7 @@ def pretraining_step_ours(cfg: BenchConfig) -> dict:
     from tkre.pretrain.throughput import measure_step_throughput
 
     pretrain = PretrainConfig(
-        root=layout.bench_run(cfg.root, "speed", "pretrain-step"),
+        root=layout.bench_run(cfg.root, "speed", f"pretrain-step-{settings_key(cfg)}"),
         data=data_config(cfg, *cfg.draws()[0]), train=train_config(cfg), stage="mslm",
         encoder=cfg.encoder, strategy="deepspeed", zero_stage=cfg.zero_stage,
         precision=cfg.precision, batch_size=cfg.pretrain_speed_batch_size, max_length=128)

@@ -1,4 +1,5 @@
-"""Measured units: one JSON per unit under ROOT/bench/units/, reused when a bench re-runs.
+"""Measured units: one JSON per unit under ROOT/bench/units/, reused when a bench re-runs
+with the same settings (the file name carries a hash of them).
 
 A unit is the smallest piece worth keeping after a crash (one variant of one K-shot draw, one
 speed comparison); its JSON holds the figures, the settings they were measured with and the
@@ -7,7 +8,10 @@ wall time, so the report never shows a number without its conditions.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import time
@@ -15,23 +19,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tkre import layout, storage
+from tkre.config import BenchConfig
+
+# BenchConfig fields that choose what runs or how it is reported, not what a unit measures
+NOT_MEASURED = ("root", "report_only", "parts", "variants", "ks", "seeds", "extra_points",
+                "repeat_variants", "preset", "quick", "verdicts", "baseline_floor")
 
 
-def unit_path(root: str, name: str) -> str:
-    return layout.bench_unit(root, name)
+def settings_key(cfg: BenchConfig) -> str:
+    """A hash of the settings a measurement depends on: a re-run with other sizes, models or
+    data measures again (in fresh run roots) instead of reusing another setting's numbers."""
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_MEASURED}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:10]
+
+
+def unit_path(cfg: BenchConfig, name: str) -> str:
+    return layout.bench_unit(cfg.root, f"{name}-{settings_key(cfg)}")
 
 
 class NotMeasured(RuntimeError):
     """A report-only run met a unit that has no stored result."""
 
 
-def cached(root: str, name: str, measure: Callable[[], dict], reuse_only: bool = False) -> dict:
-    """The unit's stored result, or measure it now and store it (written only on success)."""
-    path = unit_path(root, name)
+def cached(cfg: BenchConfig, name: str, measure: Callable[[], dict]) -> dict:
+    """The unit's stored result for these settings, or measure it now and store it (written
+    only on success); a report-only run measures nothing."""
+    path = unit_path(cfg, name)
     if storage.exists(path):
         print(f"[bench] {name}: reused {path}", flush=True)
         return storage.read_json(path)
-    if reuse_only:
+    if cfg.report_only:
         raise NotMeasured("not measured yet (report-only run)")
     print(f"[bench] {name}: measuring", flush=True)
     started = time.perf_counter()

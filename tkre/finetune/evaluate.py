@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 
 from tkre import layout, storage
@@ -55,7 +56,9 @@ def run_evaluate(cfg: EvaluateConfig, splits: datasets.Splits | None = None) -> 
     metrics = score(gold, pred, labels, meta.no_relation, semeval=cfg.data.data == "semeval")
     metrics.update({"data": asdict(cfg.data), "model": model_uri,
                     "wall_s": time.perf_counter() - started})
-    storage.write_json(layout.eval_metrics(cfg.root), metrics)
+    storage.write_table(layout.eval_predictions(cfg.root), pa.table({
+        "id": [inst.id for inst in splits.test], "gold": gold, "pred": pred}))
+    storage.write_json(layout.eval_metrics(cfg.root), metrics)  # last: evaluation complete
     if cfg.plot:
         plot_confusion(gold, pred, labels, layout.confusion_plot(cfg.root))
     line = f"[evaluate] micro-F1 {metrics['micro_f1']:.4f}"
