@@ -196,6 +196,9 @@ class PretrainConfig:
     batch_size: int = _help("global batch size (the paper: 16), split across workers",
                             default=16)
     lr: float = _help("peak learning rate (AdamW)", default=5e-5)
+    head_lr_scale: float = _help(
+        "learning rate of a masked-LM head the encoder did not ship (initialised here, as the "
+        "bundled MiniLM's) relative to --lr; a shipped head trains at --lr", default=10.0)
     weight_decay: float = _help("AdamW weight decay", default=0.01)
     warmup_ratio: float = _help("fraction of steps of linear warm-up", default=0.06)
     grad_clip: float = _help("gradient-norm clip (0: off)", default=1.0)
@@ -205,6 +208,9 @@ class PretrainConfig:
     mask_other: float = _help("masking probability of the other tokens", default=0.2)
     mslm_synthetic: bool = _help("stage 1 also trains on the synthetic sentences",
                                  default=True)
+    heldout_every: int = _help(
+        "stage 1 holds out every N-th explanation and reports the MSLM loss on them before and "
+        "after training (0: none; needs at least N explanations)", default=10)
     use_explanations: bool = _help("train on the EDKG explanations (off: the no-EDKG ablation)",
                                    default=True)
     use_synthetic: bool = _help("train on the SCDG sentences (off: the no-SCDG ablation)",
@@ -243,9 +249,11 @@ class PretrainConfig:
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
         _check(self.max_length >= 8, "max_length", "must be >= 8")
         _check(self.negatives >= 0, "negatives", "must be >= 0")
+        _check(self.heldout_every >= 0, "heldout_every", "must be >= 0")
         for name in ("mask_relation", "mask_entity", "mask_other"):
             _check(0 <= getattr(self, name) <= 1, name, "must be a probability in [0, 1]")
         _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.head_lr_scale > 0, "head_lr_scale", "must be > 0")
         _check(self.tau > 0, "tau", "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.batch_size >= self.train.num_workers, "batch_size",

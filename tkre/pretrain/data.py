@@ -68,3 +68,13 @@ def stage_texts(stage: str, root: str, gold: list[Instance], mslm_synthetic: boo
                  "explanations": explained}
     texts = [text for part in parts.values() for text in part]
     return texts, {name: len(part) for name, part in parts.items()}
+
+
+def split_heldout(texts: list[TextExample], explanations_: list[TextExample], every: int
+                  ) -> tuple[list[TextExample], list[TextExample]]:
+    """(training texts, held-out texts): every `every`-th explanation is held out of stage 1
+    to measure its MSLM loss before and after; none when there are fewer than `every`."""
+    if not every or len(explanations_) < every:
+        return texts, []
+    held = explanations_[every - 1::every]
+    return [text for text in texts if text not in held], held

@@ -19,12 +19,15 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from tkre import storage
 from tkre.config import PretrainConfig, from_dict
-from tkre.pretrain.masking import MaskProbs, TextExample, collate, encode_texts
+from tkre.pretrain.masking import IGNORE, MaskProbs, TextExample, collate, encode_texts
 from tkre.pretrain.model import PretrainModel, SCLSettings
 from tkre.train import flops
 from tkre.train.cluster import worker_threads
 from tkre.train.strategy import StrategySettings, make_strategy, resolved_precision
 from tkre.train.trainer import maybe_fail, report, restore
+
+# the step key of the held-out masks: far from any training step, so never a training draw
+HELDOUT_STEP = 10**9
 
 
 @dataclass
@@ -51,11 +54,41 @@ def plan(cfg: PretrainConfig, num_examples: int) -> Plan:
     return Plan(num_examples, cfg.batch_size, cfg.max_steps or steps_per_epoch * cfg.epochs)
 
 
+def load_mlm(encoder_dir: str) -> tuple[torch.nn.Module, bool]:
+    """The masked-LM model, and whether its head was initialised here (the encoder shipped
+    none, as the bundled MiniLM: its loss starts above ln |V|)."""
+    mlm, info = AutoModelForMaskedLM.from_pretrained(encoder_dir, output_loading_info=True)
+    fresh = any(key.startswith(("cls.", "lm_head.")) for key in info["missing_keys"])
+    return mlm, fresh
+
+
 def build_model(cfg: PretrainConfig, encoder_dir: str, num_relations: int) -> PretrainModel:
-    mlm = AutoModelForMaskedLM.from_pretrained(encoder_dir)
+    mlm, fresh_head = load_mlm(encoder_dir)
     settings = SCLSettings(cfg.tau, cfg.lambda_mslm, cfg.lambda_scl, cfg.entity_positives,
                            cfg.anchor_negatives)
-    return PretrainModel(mlm, num_relations, settings)
+    # a fresh head learns at its own, higher rate while the encoder's rate is still warming
+    # up, so the encoder is not trained mostly through a random projection
+    return PretrainModel(mlm, num_relations, settings,
+                         head_lr_scale=cfg.head_lr_scale if fresh_head else 1.0)
+
+
+@torch.inference_mode()
+def mslm_loss(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample]) -> float:
+    """Mean MSLM loss per masked token of `examples` (held-out texts) under `encoder_dir`,
+    with masks fixed by the seed, so a stage's start and end are compared on the same masks.
+    A head the encoder did not ship starts as training starts it (same seed)."""
+    torch.manual_seed(cfg.train_seed)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    encoded = encode_texts(tokenizer, examples, cfg.max_length)
+    model = build_model(cfg, encoder_dir, 0).eval()
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), cfg.batch_size):
+        rows = list(range(start, min(start + cfg.batch_size, len(encoded))))
+        batch = rank_batch(cfg, tokenizer, encoded, rows, HELDOUT_STEP + start, negatives=0)
+        masked = int((batch["labels"] != IGNORE).sum())
+        total += float(model(**batch)["mslm"]) * masked
+        count += masked
+    return total / max(count, 1)
 
 
 def step_draws(seed: int, step: int, rows: int, width: int, negatives: int

@@ -74,16 +74,28 @@ class PretrainModel(nn.Module):
     """MSLM (stage 1) or MSLM + SCL (stage 2, when `num_relations` > 0)."""
 
     def __init__(self, mlm: nn.Module, num_relations: int = 0,
-                 scl: SCLSettings | None = None):
+                 scl: SCLSettings | None = None, head_lr_scale: float = 1.0):
         super().__init__()
         self.mlm = mlm
         self.scl = scl or SCLSettings()
         self.num_relations = num_relations
+        self.head_lr_scale = head_lr_scale
         if num_relations:
             hidden = mlm.config.hidden_size
             self.anchors = nn.Embedding(num_relations, hidden)
             self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
                                             nn.Linear(hidden, hidden))
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimizer's groups: the masked-LM head's own parameters (not the decoder weight
+        it ties to the input embeddings) at `head_lr_scale` x lr, everything else at lr."""
+        encoder = {id(p) for p in self.mlm.base_model.parameters()}
+        head = [p for p in mlm_head(self.mlm).parameters()
+                if id(p) not in encoder and p.requires_grad]
+        chosen = {id(p) for p in head}
+        rest = [p for p in self.parameters() if id(p) not in chosen and p.requires_grad]
+        return [{"params": rest, "lr": lr},
+                {"params": head, "lr": lr * self.head_lr_scale}]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(x), dim=-1)

@@ -22,7 +22,7 @@ from tkre import layout, storage
 from tkre.config import PretrainConfig
 from tkre.data import datasets
 from tkre.pretrain import data
-from tkre.pretrain.loop import plan, train_loop
+from tkre.pretrain.loop import mslm_loss, plan, train_loop
 from tkre.schema import DataError
 from tkre.train.strategy import full_state_dict
 from tkre.train.trainer import fit
@@ -54,6 +54,12 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
     relations = scl_relations(splits) if stage == "scl" else []
     texts, counts = data.stage_texts(stage, cfg.root, splits.train, cfg.mslm_synthetic,
                                      cfg.use_explanations, cfg.use_synthetic)
+    heldout: list = []
+    if stage == "mslm" and cfg.use_explanations:
+        texts, heldout = data.split_heldout(texts, data.explanations(cfg.root),
+                                            cfg.heldout_every)
+        counts["heldout_explanations"] = len(heldout)
+    before = mslm_loss(cfg, _local(encoder), heldout) if heldout else None
     if len(texts) < cfg.train.num_workers:
         raise DataError(f"stage {stage} has {len(texts)} training texts ({counts}), fewer than "
                         f"the {cfg.train.num_workers} workers; generate knowledge first "
@@ -70,8 +76,15 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
                  cfg.train, layout.pretrain_stage_dir(cfg.root, stage))
     export(result.checkpoint, cfg, encoder, relations, model_dir)
     final = dict(result.metrics or {})
+    heldout_loss = None
+    if heldout:
+        after = mslm_loss(cfg, _local(model_dir), heldout)
+        heldout_loss = {"texts": len(heldout), "before": before, "after": after}
+        print(f"[{stage}] held-out MSLM loss {before:.3f} -> {after:.3f} "
+              f"({len(heldout)} explanations)", flush=True)
     summary = {"stage": stage, "steps": final.get("step"), "texts": counts,
                "relations": relations, "encoder_start": encoder,
+               "heldout_mslm_loss": heldout_loss,
                "strategy": cfg.strategy, "zero_stage": cfg.zero_stage,
                "num_workers": cfg.train.num_workers, "final": final,
                "samples_per_s": final.get("run_samples_per_s"),
@@ -83,10 +96,14 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
     return summary
 
 
+def _local(model: str) -> str:
+    return str(storage.local_copy(model)) if storage.is_s3(model) else model
+
+
 def export(checkpoint, cfg: PretrainConfig, encoder: str, relations: list[str],
            target: str) -> None:
     """Latest checkpoint -> a plain transformers masked-LM folder (+ SCL anchors beside it)."""
-    local_encoder = str(storage.local_copy(encoder)) if storage.is_s3(encoder) else encoder
+    local_encoder = _local(encoder)
     tokenizer = AutoTokenizer.from_pretrained(local_encoder)
     mlm = AutoModelForMaskedLM.from_pretrained(local_encoder)
     with checkpoint.as_directory() as folder:

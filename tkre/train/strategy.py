@@ -74,6 +74,14 @@ def deepspeed_config(cfg: StrategySettings, world: int) -> dict:
     }
 
 
+def parameters(model: torch.nn.Module, lr: float) -> list:
+    """What the optimizer updates: the model's own groups (`param_groups(lr)`, e.g. a head at
+    its own rate) when it defines them, else every trainable parameter at lr."""
+    if hasattr(model, "param_groups"):
+        return [group for group in model.param_groups(lr) if group["params"]]
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class DeepSpeedStrategy:
     every_rank_saves = True
 
@@ -85,7 +93,7 @@ class DeepSpeedStrategy:
         # the shared-memory collective op is a JIT C++ build on CPU; gloo does the same job
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model=model, model_parameters=parameters(model, cfg.lr),
             config=deepspeed_config(cfg, world), lr_scheduler=_schedule(cfg, total_steps))
         self.device = self.engine.device
 
@@ -121,7 +129,7 @@ class DDPStrategy:
         # wrap (and move) before the optimizer exists, so restored state lands on the device
         self.model = ray.train.torch.prepare_model(model)
         self.device = ray.train.torch.get_device()
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+        self.optimizer = torch.optim.AdamW(parameters(model, cfg.lr), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay, eps=cfg.eps,
                                            fused=cfg.use_gpu)
         self.scheduler = _schedule(cfg, total_steps)(self.optimizer)
