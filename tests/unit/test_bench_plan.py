@@ -27,8 +27,12 @@ def fake_model(cfg: BenchConfig, draw: tuple[int, int], owner: str, stage: str) 
 
 def test_every_variant_has_a_plan():
     assert set(PRETRAINING) == set(VARIANTS)
-    assert PRETRAINING["no_scl"] == ("tkre", ("mslm",), {})  # tkre's own stage 1
-    assert PRETRAINING["no_mslm"][2] == {"scl_init": "encoder", "lambda_mslm": 0.0}
+    # each ablation removes exactly one thing: SCL's weight (its MSLM pass kept), or MSLM
+    # everywhere (no stage 1, stage 2 without its MSLM term and on unmasked input)
+    assert PRETRAINING["no_scl"] == ("no_scl", ("mslm", "scl"), {"lambda_scl": 0.0})
+    assert PRETRAINING["no_mslm"] == ("no_mslm", ("scl",), {
+        "scl_init": "encoder", "lambda_mslm": 0.0, "mask_relation": 0.0, "mask_entity": 0.0,
+        "mask_other": 0.0})
     assert set(WITHOUT_SYNTHETIC) == {"finetune_only", "no_scdg"}
 
 
@@ -36,20 +40,27 @@ def test_finetune_encoders_follow_the_ablation(tmp_path):
     cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="1",
                       extra_points="16:1", encoder="base-encoder")
     tkre_scl = fake_model(cfg, (8, 1), "tkre", "scl")
-    tkre_mslm = fake_model(cfg, (8, 1), "tkre", "mslm")
+    no_scl = fake_model(cfg, (8, 1), "no_scl", "scl")
     no_mslm = fake_model(cfg, (8, 1), "no_mslm", "scl")
     assert finetune_encoder(cfg, "finetune_only", 8, 1) == "base-encoder"
     assert finetune_encoder(cfg, "tkre", 8, 1) == tkre_scl
-    assert finetune_encoder(cfg, "no_scl", 8, 1) == tkre_mslm
+    assert finetune_encoder(cfg, "no_scl", 8, 1) == no_scl
     assert finetune_encoder(cfg, "no_mslm", 8, 1) == no_mslm
-    # shared pre-training: the second draw fine-tunes from the first draw's encoders
-    assert finetune_encoder(cfg, "tkre", 16, 1) == tkre_scl
     with pytest.raises(FileNotFoundError, match="no_edkg"):
         finetune_encoder(cfg, "no_edkg", 8, 1)
+    # per draw by default: the second draw never fine-tunes from the first draw's encoders
+    with pytest.raises(FileNotFoundError, match="tkre"):
+        finetune_encoder(cfg, "tkre", 16, 1)
+    # shared pre-training (an explicit choice, no preset makes it) does
+    shared = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="1",
+                         extra_points="16:1", encoder="base-encoder", share_pretraining=True)
+    first_draw = fake_model(shared, (8, 1), "tkre", "scl")
+    assert finetune_encoder(shared, "tkre", 16, 1) == first_draw
 
 
 def test_knowledge_is_shared_or_per_draw(tmp_path):
-    shared = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8,16", seeds="1")
+    shared = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8,16", seeds="1",
+                         share_knowledge=True)
     per_draw = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8,16", seeds="1",
                            share_knowledge=False)
     root, data = knowledge_root(shared, 16, 1)
@@ -110,3 +121,16 @@ def test_an_ablation_of_knowledge_the_generator_never_gave_reuses_tkre(tmp_path,
     assert by_variant["no_scdg"]["same_as"] == "tkre"
     assert "no accepted synthetic sentence" in by_variant["no_scdg"]["notes"][0]
     assert "same_as" not in by_variant["no_edkg"]
+
+
+def test_no_scl_reuses_tkres_stage_1(tmp_path):
+    from tkre import layout
+    from tkre.bench.quality import copy_stage
+
+    cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="1")
+    fake_model(cfg, (8, 1), "tkre", "mslm")
+    target = f"{draw_root(cfg, 8, 1)}/no_scl"
+    copy_stage(f"{draw_root(cfg, 8, 1)}/tkre", target, "mslm")
+    assert layout.pretrain_done(target, "mslm") and not layout.pretrain_done(target, "scl")
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        copy_stage(f"{draw_root(cfg, 8, 1)}/tkre", target, "scl")

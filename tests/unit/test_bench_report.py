@@ -15,7 +15,7 @@ from tkre.bench.report import (
     mean_std,
     write_report,
 )
-from tkre.config import VARIANTS, BenchConfig
+from tkre.config import VARIANTS, BenchConfig, ConfigError
 
 MACHINE = {"cpu": "Fake CPU", "cores": 2, "memory_gb": 24.0, "gpu": None, "gpus": 0,
            "torch_threads": 2, "python": "3.11", "load_average_1m": 1.0,
@@ -203,7 +203,7 @@ def test_draws_with_predictions_get_a_paired_bootstrap():
 
 
 def test_presets_fill_unset_fields_and_flags_win():
-    quick = BenchConfig(quick=True, ks="8,16")
+    quick = BenchConfig(quick=True, ks="8,16", seeds="42,13")
     full = BenchConfig()
     assert quick.ks == "8,16" and quick.seeds == "42,13" and quick.backend == "hf"
     assert full.use_gpu and full.backend == "vllm" and full.ks == "8,16,32"
@@ -212,6 +212,24 @@ def test_presets_fill_unset_fields_and_flags_win():
     assert quick.variants_for(8, 42) == list(VARIANTS)
     assert quick.variants_for(16, 13) == ["finetune_only", "tkre"]
     assert full.variants_for(32, 100) == list(VARIANTS)
+
+
+def test_the_cpu_preset_is_the_fair_comparison():
+    cpu = BenchConfig(preset="cpu")
+    assert cpu.preset == "cpu" and cpu.data == "semeval" and cpu.ks == "8"
+    assert sorted(int(s) for s in cpu.seeds.split(",")) == [13, 21, 42]
+    assert cpu.max_test is None and cpu.verdicts and cpu.baseline_floor == 0.45
+    assert set(cpu.repeat_variants.split(",")) == {"finetune_only", "tkre"}
+    assert cpu.variants_for(8, 42) == list(VARIANTS)  # every ablation on one draw
+    # no preset shares anything across draws (each holds its draw's gold sentences)
+    for preset in ("quick", "cpu", "full"):
+        config = BenchConfig(preset=preset)
+        assert not config.share_knowledge and not config.share_pretraining
+    assert not BenchConfig(quick=True).verdicts
+    with pytest.raises(ConfigError, match="^quick"):
+        BenchConfig(quick=True, preset="cpu")
+    with pytest.raises(ConfigError, match="^preset"):
+        BenchConfig(preset="tiny")
 
 
 def test_config_errors_name_the_field():

@@ -11,8 +11,12 @@ are pre-training switches (tkre.config.PretrainConfig):
     tkre           MSLM -> SCL -> fine-tune on K-shot + synthetic
     no_edkg        the same without the explanations (use_explanations=False)
     no_scdg        the same without the synthetic sentences, in pre-training and fine-tuning
-    no_mslm        SCL from the base encoder with lambda_mslm=0, then fine-tune
-    no_scl         fine-tune from tkre's stage-1 (MSLM) encoder
+    no_mslm        no masked-span LM anywhere: no stage 1, stage 2 with lambda_mslm=0 on
+                   unmasked input, from the base encoder
+    no_scl         stage 2 with lambda_scl=0 (its MSLM pass kept), from tkre's stage 1
+
+Each ablation removes exactly one thing from tkre's recipe, and every variant of a draw
+fine-tunes for the same number of optimizer steps (FinetuneConfig.budget "gold").
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ PRETRAINING = {
     "tkre": ("tkre", ("mslm", "scl"), {}),
     "no_edkg": ("no_edkg", ("mslm", "scl"), {"use_explanations": False}),
     "no_scdg": ("no_scdg", ("mslm", "scl"), {"use_synthetic": False}),
-    "no_mslm": ("no_mslm", ("scl",), {"scl_init": "encoder", "lambda_mslm": 0.0}),
-    "no_scl": ("tkre", ("mslm",), {}),  # tkre's own stage 1, fine-tuned without stage 2
+    "no_mslm": ("no_mslm", ("scl",), {"scl_init": "encoder", "lambda_mslm": 0.0,
+                                      "mask_relation": 0.0, "mask_entity": 0.0,
+                                      "mask_other": 0.0}),
+    # stage 1 is tkre's (the same settings): its export is copied in, not trained again
+    "no_scl": ("no_scl", ("mslm", "scl"), {"lambda_scl": 0.0}),
 }
+SHARES_STAGE_1 = {"no_scl": "tkre"}
 WITHOUT_SYNTHETIC = ("finetune_only", "no_scdg")
 # guard(unit name, measure) -> the result, or None after recording the failure
 Guard = Callable[[str, Callable[[], Any]], Any]
@@ -141,6 +149,10 @@ def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: 
     switches = next(PRETRAINING[v][2] for v in PRETRAINING
                     if PRETRAINING[v] and PRETRAINING[v][0] == owner)
     notes, out = [], {}
+    source = SHARES_STAGE_1.get(owner)
+    if source and "mslm" in stages:
+        copy_stage(storage.join(draw_root(cfg, k, seed), source), root, "mslm")
+        notes.append(f"stage 1 copied from {source} (the same settings)")
     if "mslm" in stages:
         texts, counts = stage_texts("mslm", root, splits.train,
                                     use_explanations=switches.get("use_explanations", True),
@@ -156,6 +168,19 @@ def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: 
         out[stage] = {key: metrics.get(key) for key in
                       ("steps", "texts", "samples_per_s", "tokens_per_s", "mfu", "wall_s")}
     return {"root": root, "stages": out, "notes": notes}
+
+
+def copy_stage(source_root: str, target_root: str, stage: str) -> None:
+    """A finished pre-training stage's export and metrics into another run root (bench roots
+    are local folders); the pipeline then skips that stage there."""
+    if layout.pretrain_done(target_root, stage):
+        return
+    if not layout.pretrain_done(source_root, stage):
+        raise FileNotFoundError(f"{layout.pretrain_model(source_root, stage)} is not finished")
+    shutil.copytree(layout.pretrain_model(source_root, stage),
+                    layout.pretrain_model(target_root, stage), dirs_exist_ok=True)
+    shutil.copyfile(layout.pretrain_metrics(source_root, stage),
+                    layout.pretrain_metrics(target_root, stage))  # last: the stage is done
 
 
 def finetune_encoder(cfg: BenchConfig, variant: str, k: int, seed: int) -> str:
@@ -232,7 +257,8 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
     aliases = {v: same_as(v, variants, summary) for v in variants}
     if not (cfg.share_pretraining and (k, seed) != cfg.draws()[0]):
         owners = {PRETRAINING[v][0] for v in variants if PRETRAINING[v] and not aliases[v]}
-        for owner in sorted(owners):
+        # an owner that copies another's stage 1 runs after it
+        for owner in sorted(owners, key=lambda o: (o in SHARES_STAGE_1, o)):
             name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
             guard(name, lambda o=owner, n=name: cached(
                 cfg, n, lambda: run_pretraining(cfg, o, k, seed, knowledge)))
