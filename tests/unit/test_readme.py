@@ -165,11 +165,12 @@ def test_readme_bench_commands_parse_into_their_presets():
 
     lines = [line.split("#")[0] for block in bash_blocks() for line in block.splitlines()
              if line.startswith("python jobs/bench.py")]
-    assert len(lines) == 3
+    assert len(lines) == 4
     configs = [parse_args(BenchConfig, shlex.split(line)[2:]) for line in lines]
-    assert [c.preset for c in configs] == ["quick", "full", "full"]
-    assert configs[0].encoder == "bundled-encoder" and configs[1].backend == "vllm"
+    assert [c.preset for c in configs] == ["quick", "cpu", "full", "full"]
+    assert configs[0].encoder == "bundled-encoder" and configs[2].backend == "vllm"
+    assert not configs[0].verdicts and configs[1].verdicts and configs[1].max_test is None
     # the GPU machine without Ray runs only the parts that need none
     from tkre.config import NO_RAY_PARTS
 
-    assert set(configs[2].part_list) <= set(NO_RAY_PARTS) and configs[2].zero_stage == 0
+    assert set(configs[3].part_list) <= set(NO_RAY_PARTS) and configs[3].zero_stage == 0
