@@ -59,3 +59,18 @@ def test_derived_schemas_take_types_from_data_unless_overridden():
     schemas = derive_schemas([DEMO], overrides={"org:founded_by": {"head_types": ["org"]}})
     assert schemas["org:founded_by"].head_types == ("org",)
     assert schemas["org:founded_by"].tail_types == ("person",)
+
+
+def test_the_constraint_regex_is_the_schema_written_compactly():
+    import json
+    import re
+
+    sample = {"relation": "org:founded_by", "sentence": 'Ann "the elder" Lee founded Orbix.',
+              "head": "Orbix", "head_type": "organization", "tail": "Ann Lee",
+              "tail_type": "person"}
+    assert re.fullmatch(prompts.SAMPLE_REGEX, json.dumps(sample))
+    assert not re.fullmatch(prompts.SAMPLE_REGEX, json.dumps(sample, indent=1))  # whitespace
+    assert not re.fullmatch(prompts.SAMPLE_REGEX, json.dumps(sample | {"head": "x" * 101}))
+    assert not re.fullmatch(prompts.SAMPLE_REGEX, json.dumps(sample)[:-1])  # unclosed
+    reordered = dict(reversed(list(sample.items())))
+    assert not re.fullmatch(prompts.SAMPLE_REGEX, json.dumps(reordered))

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tkre.config import ConfigError, GenerateConfig
-from tkre.knowledge.prompts import SAMPLE_JSON_SCHEMA
+from tkre.knowledge.prompts import SAMPLE_JSON_SCHEMA, SAMPLE_REGEX
 from tkre.resources import resolve_model
 
 # ray.data.llm's stages keep a "request_id" column of their own; ours travels under this name
@@ -178,7 +178,9 @@ def vllm_sampling_params(row: dict, temperature: float, top_p: float, per_reques
     if per_request_seed:
         params["seed"] = int(row["seed"])
     if row["structured"]:
-        params["structured_outputs"] = {"json": json.dumps(SAMPLE_JSON_SCHEMA)}
+        # the schema as a compact-JSON regex: vLLM's JSON-schema mode lets the model put
+        # whitespace between every token (per request that cannot be switched off)
+        params["structured_outputs"] = {"regex": SAMPLE_REGEX}
     elif constrained_pass:
         params["structured_outputs"] = dict(ANY_TEXT)
     return params
@@ -238,6 +240,13 @@ def http_settings(cfg: GenerateConfig) -> tuple[str, str, dict[str, str]]:
     return url, model, headers
 
 
+# The schema an arbitrary OpenAI-compatible endpoint accepts: without the string bounds, which
+# several providers' structured outputs reject (and vLLM's OpenAI server answered some such
+# requests with an error body instead of choices).
+PORTABLE_SAMPLE_SCHEMA = {**SAMPLE_JSON_SCHEMA, "properties": {
+    name: {"type": "string"} for name in SAMPLE_JSON_SCHEMA["properties"]}}
+
+
 def _http(cfg: GenerateConfig, dataset):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
@@ -253,7 +262,7 @@ def _http(cfg: GenerateConfig, dataset):
                    "top_p": top_p, "seed": int(row["seed"])}
         if row["structured"]:
             payload["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "sample", "schema": SAMPLE_JSON_SCHEMA}}
+                "name": "sample", "schema": PORTABLE_SAMPLE_SCHEMA}}
         return {ID: row[ID], "payload": payload}
 
     def postprocess(row: dict) -> dict:

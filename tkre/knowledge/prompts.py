@@ -29,6 +29,21 @@ SAMPLE_JSON_SCHEMA = {
     "additionalProperties": False,
 }
 
+
+
+def compact_json_regex(schema: dict) -> str:
+    """The schema's objects written compactly, as one regular expression: the properties in
+    order, `"name": "value"` joined by ", ", each string within its maxLength, no control
+    characters. Engines apply JSON schemas with free whitespace between tokens, which a small
+    model can fill until max_tokens (the JSON then never closes); this form leaves none."""
+    char = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])'
+    fields = [f'"{name}": "{char}{{0,{spec["maxLength"]}}}"'
+              for name, spec in schema["properties"].items()]
+    return r"\{" + ", ".join(fields) + r"\}"
+
+
+SAMPLE_REGEX = compact_json_regex(SAMPLE_JSON_SCHEMA)
+
 _EDKG_SYSTEM = ("You explain relations between entities in sentences. Answer in two or three "
                 "plain sentences and name both entities.")
 _SCDG_SYSTEM = ("You write new training sentences for relation extraction. Answer with exactly "
