@@ -708,6 +708,34 @@ def _normalise(cfg: Any) -> None:
             setattr(cfg, f.name, from_dict(kind, value, prefix=f"{f.name}."))
 
 
+def _typed(kind: Any, value: Any, name: str) -> Any:
+    """`value` checked against a scalar field's type (YAML gives any type): booleans are not
+    numbers, 1.5 is not an integer; a float field also takes a numeric string, since YAML 1.1
+    reads `1e-4` (no dot) as a string."""
+    if value is None:
+        _check(type(None) in typing.get_args(kind), name, "must not be null")
+        return value
+    base = _scalar_type(kind)
+    if base is bool:
+        _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+    elif base is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), name,
+               f"must be an integer, got {value!r}")
+    elif base is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+        _check(isinstance(value, int | float) and not isinstance(value, bool), name,
+               f"must be a number, got {value!r}")
+    elif base is str:
+        _check(isinstance(value, str), name, f"must be a string, got {value!r}")
+    elif base is dict:
+        _check(isinstance(value, dict), name, "must be a mapping of field: value")
+    return value
+
+
 def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     """Build a config from a (YAML) dict; unknown keys and bad values name the field."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -715,6 +743,10 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field for {cls.__name__} "
                           f"(known: {', '.join(sorted(names))})")
+    hints = typing.get_type_hints(cls)
+    values = {name: value if dataclasses.is_dataclass(hints[name])
+              else _typed(hints[name], value, f"{prefix}{name}")
+              for name, value in values.items()}
     try:
         return cls(**values)
     except ConfigError as err:
@@ -740,7 +772,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not Path(path).is_file():
         path = preset_path(str(path))
     text = Path(path).read_text()
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "unreadable"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of field: value")
     return values

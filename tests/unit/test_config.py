@@ -1,6 +1,7 @@
 """Configs: defaults run the embedded default; bad values name the field; YAML < flags."""
 
 import os
+import re
 
 import pytest
 
@@ -83,3 +84,30 @@ def test_help_mentions_every_flag():
     text = build_parser(EvaluateConfig).format_help()
     for flag in ("--root", "--data", "--data-dir", "--k", "--seed", "--batch-size", "--plot"):
         assert flag in text
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("epochs: 1.5\n", "epochs: must be an integer, got 1.5"),
+    ("data: {k: 2.5}\n", "data.k: must be an integer, got 2.5"),
+    ("data: {k: true}\n", "data.k: must be an integer, got True"),
+    ("lr: fast\n", "lr: must be a number, got 'fast'"),
+    ("use_synthetic: 'no'\n", "use_synthetic: must be true or false, got 'no'"),
+    ("epochs: [1\n", "not valid YAML at line 2"),
+])
+def test_yaml_values_are_type_checked_naming_the_field(yaml_text, message, tmp_path):
+    """YAML gives any type: 1.5 epochs failed in the worker after minutes, k: 2.5 drew 3 per
+    label, k: true drew 1, and malformed YAML gave a traceback (issue 14)."""
+    from tkre.config import FinetuneConfig, parse_args
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_args(FinetuneConfig, ["--config", str(path)])
+
+
+def test_yaml_1_1_exponent_floats_are_read_as_numbers(tmp_path):
+    from tkre.config import FinetuneConfig, parse_args
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("lr: 1e-4\n")  # a string to PyYAML (no dot)
+    assert parse_args(FinetuneConfig, ["--config", str(path)]).lr == pytest.approx(1e-4)

@@ -218,6 +218,7 @@ def test_register_rejects_bad_requests(root: Path):
             ("no_relation", [item()], "name"),        # a trained label
             ("bad name!", [item()], "name"),
             ("", [item()], "name"),
+            ("abc\n", [item()], "name"),             # became the file "abc\n.json"
             ("ok", [], "examples"),
             ("ok", [item(tail=(23, 29))], "examples[0].tail.end"),
             ("ok", [{"text": TEXT, "entities": [{"start": 0, "end": 10},

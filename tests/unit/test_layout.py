@@ -141,3 +141,25 @@ def test_a_root_holding_another_draw_is_refused(tmp_path: Path):
     assert datasets.prepare(DataConfig(k=8, seed=42), str(tmp_path)).train
     with pytest.raises(DataError, match="already holds data drawn with"):
         datasets.prepare(DataConfig(k=4, seed=42), str(tmp_path))
+
+
+def test_an_empty_training_set_is_refused_and_short_relations_are_named(tmp_path: Path, capsys):
+    """An empty train.jsonl trained and exported a model with dev F1 0.0 (issue 14)."""
+    import json
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("")
+    line = {"tokens": ["Ann", "works", "for", "Acme"], "head": {"start": 0, "end": 1},
+            "tail": {"start": 3, "end": 4}, "relation": "per:employee_of"}
+    (folder / "test.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataError, match="no training examples") as err:
+        datasets.prepare(DataConfig(data="jsonl", data_dir=str(folder)), str(tmp_path / "r1"))
+    assert err.value.field == "train" and str(folder) in str(err.value)
+    # one example of a relation at K=8: trained, with a warning naming the relation
+    (folder / "train.jsonl").write_text("\n".join(
+        [json.dumps(line)] + [json.dumps({**line, "id": f"o{i}", "relation": "other"})
+                              for i in range(20)]) + "\n")
+    datasets.prepare(DataConfig(data="jsonl", data_dir=str(folder), k=8), str(tmp_path / "r2"))
+    out = capsys.readouterr().out
+    assert "fewer than k=8" in out and "per:employee_of (1)" in out and "other (" not in out

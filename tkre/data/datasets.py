@@ -14,7 +14,12 @@ from pathlib import Path
 from tkre import layout, storage
 from tkre.config import DataConfig
 from tkre.data import readers
-from tkre.data.sampling import sample_k_shot, seeded_subset, split_per_relation
+from tkre.data.sampling import (
+    label_counts,
+    sample_k_shot,
+    seeded_subset,
+    split_per_relation,
+)
 from tkre.schema import DataError, Instance
 
 SPLITS = layout.SPLITS
@@ -104,6 +109,14 @@ def load_splits(cfg: DataConfig) -> Splits:
             dev = sample_k_shot(train_pool, cfg.k, cfg.seed, exclude_ids={i.id for i in train})
         else:
             dev = sample_k_shot(dev_pool, cfg.k, cfg.seed)
+    if not train:
+        raise DataError("the data set has no training examples: nothing to draw a K-shot set "
+                        "from", file=str(demo_dir() if cfg.data == "demo" else cfg.data_dir),
+                        field="train")
+    short = {label: n for label, n in sorted(label_counts(train).items()) if n < cfg.k}
+    if short:
+        print(f"[data] warning: fewer than k={cfg.k} training examples for "
+              + ", ".join(f"{label} ({n})" for label, n in short.items()), flush=True)
     test = seeded_subset(test, cfg.max_test, cfg.seed)
     labels = sorted({inst.relation for inst in train_pool + test})
     if no_relation in labels:  # the no-relation label always gets id 0

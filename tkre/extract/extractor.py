@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 # 500 episodes each, seed 42) for the bundled encoder fine-tuned one epoch on the demo data
 # (0.699 / 0.165); the plain bundled encoder gives 0.745 / 0.148.
 DEFAULT_CALIBRATION = Calibration(threshold=0.70, temperature=0.165)
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+# matched whole (fullmatch): with match and "$", "abc\n" passed and became the file "abc\n.json"
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 
 
 class TrainedLabelError(ValueError):
@@ -185,7 +186,7 @@ class Extractor:
         """Add (or replace) a relation from wire-format examples (head and tail each)."""
         if self.registry is None:
             raise RuntimeError("this extractor has no registry folder")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise field_error("must be 1-64 characters: a letter, then letters, digits, _ . : -",
                               "name")
         if self.is_trained(name):
