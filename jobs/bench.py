@@ -15,8 +15,8 @@ On a Ray cluster:
 
 Writes ROOT/bench/report.json, report.md, f1_vs_k.png and speed_ratios.png; every measured unit
 is kept as ROOT/bench/units/<unit>-<settings hash>.json, so re-running the same command after a
-crash measures only what is missing (delete a unit's JSON to measure it again); `--report-only` rebuilds the
-report from the stored units alone.
+crash measures only what is missing (delete a unit's JSON to measure it again);
+`--report-only` rebuilds the report from the stored units alone.
 """
 
 from __future__ import annotations
