@@ -45,6 +45,16 @@ def _check(condition: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
+def _check_strategy(cfg: Any, zero_stages: tuple[int, ...]) -> None:
+    """The distributed-training fields a training stage shares (tkre.train.strategy)."""
+    _check(cfg.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+    _check(cfg.zero_stage in zero_stages, "zero_stage",
+           f"must be one of {', '.join(map(str, zero_stages))} here")
+    _check(cfg.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+    _check(not (cfg.precision == "fp16" and cfg.strategy == "ddp"), "precision",
+           "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
+
+
 @dataclass
 class DataConfig:
     """Which data set, where it is, and how the K-shot split is drawn."""
@@ -137,11 +147,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         _normalise(self)
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        _check(self.zero_stage in (0, 1, 2), "zero_stage", "must be 0, 1 or 2 for fine-tuning")
-        _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
-        _check(not (self.precision == "fp16" and self.strategy == "ddp"), "precision",
-               "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
+        # ZeRO-3 shards the weights every worker scores the dev set with
+        _check_strategy(self, zero_stages=(0, 1, 2))
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
@@ -240,9 +247,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         _normalise(self)
         _check(self.stage in STAGES, "stage", f"must be one of {STAGES}, got {self.stage!r}")
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
-        _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        _check_strategy(self, zero_stages=(0, 1, 2, 3))
         _check(self.scl_init in ("mslm", "encoder"), "scl_init", "must be mslm or encoder")
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "negative_max_len"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
@@ -258,8 +263,6 @@ class PretrainConfig:
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.batch_size >= self.train.num_workers, "batch_size",
                "must be at least train.num_workers (it is split across workers)")
-        _check(not (self.precision == "fp16" and self.strategy == "ddp"), "precision",
-               "fp16 needs --strategy deepspeed (its loss scaler); use bf16 with ddp")
 
 
 BACKENDS = ("auto", "vllm", "hf", "http")
@@ -431,10 +434,10 @@ class FewshotEvalConfig:
 
 
 # --- the benchmark ------------------------------------------------------------------------
-# BenchConfig: what `jobs/bench.py` measures and at what size, with a quick and a full preset.
-# Every size field defaults to None and is filled from the preset (`--quick`: a 2-core CPU in
-# under 20 minutes; otherwise `full`: one GPU node, the paper's sizes). A flag given explicitly
-# wins over the preset, so `--quick --ks 8,16` keeps the quick sizes with two K values.
+# BenchConfig: what `jobs/bench.py` measures and at what size. Every size field defaults to None
+# and is filled from the preset (quick: a machinery check on a 2-core CPU; cpu: the fair
+# comparison on a 2-core CPU; full, the default: one GPU node, the paper's sizes). A flag given
+# explicitly wins over the preset, so `--quick --ks 8,16` keeps the quick sizes with two Ks.
 
 VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
 PARTS = ("quality", "fewrel", "generation", "pretraining", "pretraining_step", "serving",

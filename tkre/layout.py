@@ -38,44 +38,40 @@ WRITERS = {"data": "jobs/finetune.py or jobs/generate.py", "knowledge": "jobs/ge
            "finetune": "jobs/finetune.py", "evaluate": "jobs/evaluate.py"}
 
 
-def _join(root: str, *parts: str) -> str:
-    return storage.join(root, *parts)
-
-
 # --- data --------------------------------------------------------------------------------
 
 def data_dir(root: str) -> str:
-    return _join(root, "data")
+    return storage.join(root, "data")
 
 
 def data_split(root: str, name: str) -> str:
-    return _join(root, "data", f"{name}.parquet")
+    return storage.join(root, "data", f"{name}.parquet")
 
 
 def data_meta(root: str) -> str:
-    return _join(root, "data", "meta.json")
+    return storage.join(root, "data", "meta.json")
 
 
 # --- knowledge ---------------------------------------------------------------------------
 
 def knowledge_dir(root: str) -> str:
-    return _join(root, "knowledge")
+    return storage.join(root, "knowledge")
 
 
 def explanations(root: str) -> str:
-    return _join(root, "knowledge", "explanations.parquet")
+    return storage.join(root, "knowledge", "explanations.parquet")
 
 
 def synthetic(root: str) -> str:
-    return _join(root, "knowledge", "synthetic.parquet")
+    return storage.join(root, "knowledge", "synthetic.parquet")
 
 
 def knowledge_stats(root: str) -> str:
-    return _join(root, "knowledge", "stats.json")
+    return storage.join(root, "knowledge", "stats.json")
 
 
 def ledger_dir(root: str) -> str:
-    return _join(root, "knowledge", "ledger")
+    return storage.join(root, "knowledge", "ledger")
 
 
 # knowledge artifacts in the order they are written: stats.json, last, marks completeness
@@ -87,86 +83,82 @@ def knowledge_files(root: str) -> tuple[str, ...]:
 
 def pretrain_stage_dir(root: str, stage: str) -> str:
     """A pre-training stage's Ray Train run folder (checkpoints)."""
-    return _join(root, "pretrain", stage)
+    return storage.join(root, "pretrain", stage)
 
 
 def pretrain_model(root: str, stage: str) -> str:
-    return _join(root, "pretrain", stage, "model")
+    return storage.join(root, "pretrain", stage, "model")
 
 
 def pretrain_metrics(root: str, stage: str) -> str:
-    return _join(root, "pretrain", stage, "metrics.json")
+    return storage.join(root, "pretrain", stage, "metrics.json")
 
 
 def failure_marker(run_dir: str) -> str:
     """Fault injection's record that a run already failed once (tests only)."""
-    return _join(run_dir, "injected_failure.json")
+    return storage.join(run_dir, "injected_failure.json")
 
 
 # --- fine-tuning and evaluation ----------------------------------------------------------
 
 def finetune_dir(root: str) -> str:
     """Ray Train's run folder of fine-tuning (its checkpoints)."""
-    return _join(root, "finetune")
+    return storage.join(root, "finetune")
 
 
 def finetune_model(root: str) -> str:
-    return _join(root, "finetune", "model")
+    return storage.join(root, "finetune", "model")
 
 
 def finetune_metrics(root: str) -> str:
-    return _join(root, "finetune", "metrics.json")
+    return storage.join(root, "finetune", "metrics.json")
 
 
 def eval_metrics(root: str) -> str:
-    return _join(root, "eval", "metrics.json")
+    return storage.join(root, "eval", "metrics.json")
 
 
 def eval_predictions(root: str) -> str:
     """One row per test sentence: id, gold and predicted label (paired comparisons)."""
-    return _join(root, "eval", "predictions.parquet")
+    return storage.join(root, "eval", "predictions.parquet")
 
 
 def confusion_plot(root: str) -> str:
-    return _join(root, "eval", "confusion.png")
+    return storage.join(root, "eval", "confusion.png")
 
 
 # --- extraction --------------------------------------------------------------------------
 
 def relations_dir(root: str) -> str:
-    return _join(root, "extract", "relations")
+    return storage.join(root, "extract", "relations")
 
 
 def calibration(root: str) -> str:
-    return _join(root, "extract", "calibration.json")
+    return storage.join(root, "extract", "calibration.json")
 
 
 def fewshot_metrics(root: str) -> str:
-    return _join(root, "extract", "fewshot_metrics.json")
+    return storage.join(root, "extract", "fewshot_metrics.json")
 
 
 def pipeline_report(root: str) -> str:
-    return _join(root, "pipeline.json")
+    return storage.join(root, "pipeline.json")
 
 
 # --- the benchmark -----------------------------------------------------------------------
 
-def bench_dir(root: str) -> str:
-    return _join(root, "bench")
-
-
 def bench_unit(root: str, name: str) -> str:
-    return _join(root, "bench", "units", f"{name}.json")
+    return storage.join(root, "bench", "units", f"{name}.json")
 
 
 def bench_report(root: str, name: str) -> str:
     """report.json, report.md and the plots."""
-    return _join(root, "bench", name)
+    return storage.join(root, "bench", name)
 
 
 def bench_run(root: str, *parts: str) -> str:
     """A run root of its own inside the bench (a draw, a speed measurement)."""
-    return _join(root, "bench", *parts)
+    return storage.join(root, "bench", *parts)
 
 
 # --- is a stage complete? ----------------------------------------------------------------
@@ -180,13 +172,13 @@ def knowledge_done(root: str) -> bool:
 
 
 def pretrain_done(root: str, stage: str) -> bool:
-    return (storage.exists(_join(pretrain_model(root, stage), "config.json"))
+    return (storage.exists(storage.join(pretrain_model(root, stage), "config.json"))
             and storage.exists(pretrain_metrics(root, stage)))
 
 
 def finetune_done(root: str) -> bool:
     return (storage.exists(finetune_metrics(root))
-            and storage.exists(_join(finetune_model(root), MODEL_META_FILE)))
+            and storage.exists(storage.join(finetune_model(root), MODEL_META_FILE)))
 
 
 def evaluate_done(root: str) -> bool:
@@ -224,6 +216,6 @@ def finetune_start(root: str, encoder: str) -> str:
     if encoder != "auto":
         return resolve_model(encoder)
     for stage in reversed(PRETRAIN_STAGES):
-        if storage.exists(_join(pretrain_model(root, stage), "config.json")):
+        if pretrain_done(root, stage):
             return pretrain_model(root, stage)
     return resolve_model(BUNDLED_ENCODER)

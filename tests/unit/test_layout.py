@@ -66,6 +66,8 @@ def test_start_encoders(tmp_path: Path):
         root, "mslm")
     assert layout.finetune_start(root, "auto") == layout.pretrain_model(root, "mslm")
     touch(f"{layout.pretrain_model(root, 'scl')}/config.json")
+    assert layout.finetune_start(root, "auto") == layout.pretrain_model(root, "mslm")  # unfinished
+    touch(layout.pretrain_metrics(root, "scl"))
     assert layout.finetune_start(root, "auto") == layout.pretrain_model(root, "scl")
 
 

@@ -83,7 +83,8 @@ def train_loop(config: dict) -> None:
                                "best_epoch": 0}, "finetune")
 
     for epoch in range(state["epoch"], epochs):
-        started, seen, loss_sum = time.perf_counter(), 0, torch.zeros(())
+        # the loss sum stays on the device: reading it every step would sync a GPU each step
+        started, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=strategy.device)
         model.train()
         # every rank draws the same permutation and takes its slice of each global batch
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
@@ -102,7 +103,7 @@ def train_loop(config: dict) -> None:
             strategy.step()
             state["step"] += 1
             seen += len(batch_ids)
-            loss_sum = loss_sum + loss.detach().float().cpu() * len(batch_ids)
+            loss_sum += loss.detach().float() * len(batch_ids)
         elapsed = time.perf_counter() - started
         score = dev_f1(model, tokenizer, meta, dev, cfg.eval_batch_size)
         state["epoch"] = epoch + 1
