@@ -29,6 +29,13 @@ from tkre.pretrain.model import PretrainModel, SCLSettings, info_nce, mean_pool
 from tkre.schema import Instance, Span
 
 
+def dense_labels(shape, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The (B, W) label grid of the masked positions, IGNORE elsewhere."""
+    labels = torch.full(shape, IGNORE).flatten()
+    labels[positions] = targets
+    return labels.reshape(shape)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -65,8 +72,9 @@ def test_masking_probabilities_statistically():
     classes = torch.randint(0, 4, (rows, width))
     input_ids = torch.randint(5, 100, (rows, width))
     probs = MaskProbs(relation=0.8, entity=0.5, other=0.2)
-    masked, labels = mask_tokens(input_ids, classes, mask_id=4, probs=probs,
-                                 uniform=torch.rand(rows, width))
+    masked, positions, targets = mask_tokens(input_ids, classes, mask_id=4, probs=probs,
+                                             uniform=torch.rand(rows, width))
+    labels = dense_labels(input_ids.shape, positions, targets)
     selected = labels != IGNORE
     for cls, expected in ((RELATION, 0.8), (ENTITY, 0.5), (OTHER, 0.2)):
         rate = selected[classes == cls].float().mean().item()
@@ -81,8 +89,10 @@ def test_masking_probabilities_statistically():
 def test_masking_probabilities_are_configurable():
     classes = torch.tensor([[SPECIAL, OTHER, ENTITY, RELATION]]).repeat(50, 1)
     ids = torch.full_like(classes, 9)
-    _, labels = mask_tokens(ids, classes, 4, MaskProbs(relation=1.0, entity=0.0, other=1.0),
-                            torch.rand(50, 4))
+    _, positions, targets = mask_tokens(ids, classes, 4,
+                                        MaskProbs(relation=1.0, entity=0.0, other=1.0),
+                                        torch.rand(50, 4))
+    labels = dense_labels(ids.shape, positions, targets)
     assert (labels[:, 1] == 9).all() and (labels[:, 3] == 9).all()
     assert (labels[:, 0] == IGNORE).all() and (labels[:, 2] == IGNORE).all()
 
@@ -112,8 +122,8 @@ def test_collate_pads_and_uses_global_draws():
                   negative_uniform=torch.zeros(2, 2, 2))
     assert out["input_ids"].tolist() == [[2, 4, 4, 4, 3], [2, 4, 3, 0, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    assert out["labels"].tolist() == [[IGNORE, 10, 11, 12, IGNORE],
-                                      [IGNORE, 13, IGNORE, IGNORE, IGNORE]]
+    assert out["mlm_positions"].tolist() == [1, 2, 3, 6]  # flat over the 2 x 5 batch
+    assert out["mlm_labels"].tolist() == [10, 11, 12, 13]
     assert out["relation_mask"].tolist()[0] == [False, False, True, False, False]
     assert out["relation_ids"].tolist() == [1, -1]
     assert out["negative_mask"].shape == (2, 2, 5)
@@ -176,9 +186,8 @@ def test_scl_loss_leaves_out_examples_without_relation_span_or_relation():
     relation_mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]]).bool()
     entity_mask = torch.tensor([[1, 0, 0, 1, 0]] * 3).bool()
     negative_mask = torch.tensor([[[0, 0, 0, 0, 1]]] * 3).bool()
-    labels = torch.full((3, 5), IGNORE)
-    labels[:, 1] = 3
-    out = model(torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5), labels, relation_mask,
+    out = model(torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5), torch.tensor([1, 6, 11]),
+                torch.full((3,), 3), relation_mask,
                 entity_mask, negative_mask, relation_ids=torch.tensor([2, 0, -1]))
     # example 1 has no relation span, example 2 no relation: only example 0 counts
     assert out["scl_examples"].item() == 1
@@ -216,3 +225,94 @@ def test_pretrain_config_names_bad_fields():
         PretrainConfig(stage="all")
     with pytest.raises(ConfigError, match="^precision"):
         PretrainConfig(strategy="ddp", precision="fp16")
+
+
+def _reference_losses(model: PretrainModel, batch: dict) -> tuple[float, float]:
+    """MSLM and SCL as written before the host-sync-free rewrite: vocabulary logits at every
+    position with ignored labels, boolean selection of the usable examples."""
+    import torch.nn.functional as F
+
+    from tkre.pretrain.model import mlm_head
+
+    states = model.mlm.base_model(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = dense_labels(batch["input_ids"].shape, batch["mlm_positions"], batch["mlm_labels"])
+    logits = mlm_head(model.mlm)(states)
+    mslm = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+    tau, states = model.scl.tau, states.float()
+    anchors = model.project(model.anchors.weight)
+    ids = batch["relation_ids"]
+    anchor = anchors[ids.clamp(min=0)]
+    span, has_span = mean_pool(states, batch["relation_mask"])
+    span = model.project(span)
+    entity, has_entity = mean_pool(states, batch["entity_mask"])
+    positive = (anchor[:, None, :] * torch.stack([span, model.project(entity)], 1)).sum(-1) / tau
+    usable = (ids >= 0) & has_span
+    positive_valid = torch.stack([has_span, has_entity], 1) & usable[:, None]
+    negatives, negative_valid = mean_pool(states, batch["negative_mask"])
+    negative = (anchor[:, None, :] * model.project(negatives)).sum(-1) / tau
+    other = span @ anchors.T / tau
+    other_valid = torch.ones_like(other, dtype=torch.bool)
+    other_valid[torch.arange(len(ids)), ids.clamp(min=0)] = False
+    per_example, valid = info_nce(positive, positive_valid, torch.cat([negative, other], 1),
+                                  torch.cat([negative_valid, other_valid], 1))
+    return float(mslm), float(per_example[valid].mean())
+
+
+def _tiny_bert_batch(tokenizer, negatives: int = 3) -> tuple[PretrainModel, dict]:
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64))
+    model = PretrainModel(mlm, num_relations=3).eval()
+    examples = [TextExample("The burst was caused by water pressure .", (4, 9), (30, 38), "a"),
+                TextExample("Ann works for Acme .", (0, 3), (14, 18), "b"),
+                TextExample("A cup .", (0, 1), (2, 5), None)]
+    encoded = encode_texts(tokenizer, examples, 32, {"a": 0, "b": 1, "c": 2})
+    width = max(len(e.input_ids) for e in encoded)
+    batch = collate(encoded, tokenizer.pad_token_id, tokenizer.mask_token_id, MaskProbs(),
+                    torch.rand(3, width), negatives, 3, torch.rand(3, negatives, 2))
+    return model, batch
+
+
+def test_step_losses_unchanged_by_the_sync_free_rewrite(tokenizer):
+    model, batch = _tiny_bert_batch(tokenizer)
+    assert batch["mlm_labels"].numel() > 0
+    with torch.no_grad():
+        out = model(**batch)
+        mslm, scl = _reference_losses(model, batch)
+    assert float(out["mslm"]) == pytest.approx(mslm, rel=1e-5)
+    assert float(out["scl"]) == pytest.approx(scl, rel=1e-5)
+    assert int(out["scl_examples"]) == 2  # the third example has no relation
+
+
+def test_step_without_masked_tokens_or_usable_examples_is_zero_and_connected(tokenizer):
+    model, batch = _tiny_bert_batch(tokenizer)
+    batch["mlm_positions"] = batch["mlm_positions"][:0]
+    batch["mlm_labels"] = batch["mlm_labels"][:0]
+    batch["relation_ids"] = torch.full_like(batch["relation_ids"], -1)
+    out = model(**batch)
+    assert float(out["mslm"].detach()) == 0.0 and float(out["scl"].detach()) == 0.0
+    out["loss"].backward()  # every parameter is reached: DDP's all-reduce needs no special case
+    assert model.anchors.weight.grad is not None and model.projection[0].weight.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on a GPU")
+def test_training_step_never_syncs_with_the_host(tokenizer):
+    model, batch = _tiny_bert_batch(tokenizer)
+    model = model.cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = {k: v.pin_memory().cuda(non_blocking=True) for k, v in batch.items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            out = model(**batch)
+            out["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out["loss"]).item()

@@ -19,7 +19,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from tkre import storage
 from tkre.config import PretrainConfig, from_dict
-from tkre.pretrain.masking import IGNORE, MaskProbs, TextExample, collate, encode_texts
+from tkre.pretrain.masking import MaskProbs, TextExample, collate, encode_texts
 from tkre.pretrain.model import PretrainModel, SCLSettings
 from tkre.train import flops
 from tkre.train.cluster import worker_threads
@@ -85,7 +85,7 @@ def mslm_loss(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample]
     for start in range(0, len(encoded), cfg.batch_size):
         rows = list(range(start, min(start + cfg.batch_size, len(encoded))))
         batch = rank_batch(cfg, tokenizer, encoded, rows, HELDOUT_STEP + start, negatives=0)
-        masked = int((batch["labels"] != IGNORE).sum())
+        masked = batch["mlm_labels"].numel()
         total += float(model(**batch)["mslm"]) * masked
         count += masked
     return total / max(count, 1)
@@ -113,7 +113,12 @@ def rank_batch(cfg: PretrainConfig, tokenizer, encoded: list, rows: list[int], s
 
 def train_step(strategy, batch: dict[str, torch.Tensor]) -> dict:
     """Forward, backward and optimizer step on the strategy's device; the model's outputs."""
-    out = strategy.forward({k: v.to(strategy.device) for k, v in batch.items()})
+    if strategy.device.type == "cuda":  # pinned host memory: the copies do not block
+        batch = {k: v.pin_memory().to(strategy.device, non_blocking=True)
+                 for k, v in batch.items()}
+    else:
+        batch = {k: v.to(strategy.device) for k, v in batch.items()}
+    out = strategy.forward(batch)
     strategy.backward(out["loss"])
     strategy.step()
     return out
@@ -194,28 +199,40 @@ class Meter:
         self.hidden = encoder.config.hidden_size
         self.peak, self.peak_source = (cfg.peak_flops, "config") if cfg.peak_flops else \
             flops.peak_flops(resolved_precision(StrategySettings.of(cfg)), device)
-        self.world = world
+        self.world, self.device = world, device
         self.run_started, self.run_sums = time.perf_counter(), torch.zeros(6, dtype=torch.float64)
         self.reset()
 
     def reset(self) -> None:
         self.started = time.perf_counter()
         self.sums = torch.zeros(6, dtype=torch.float64)  # samples tokens flops mslm scl scl_n
+        # the losses stay on the training device until a flush: reading them every step
+        # would make each GPU step wait for the host
+        self.loss_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
 
     def add(self, batch: dict, out: dict) -> None:
+        """Count one step: sizes from the host-side batch, losses as device tensors."""
         lengths = batch["attention_mask"].sum(1).double()
         model_flops = sum(flops.encoder_flops_per_token(self.params, self.layers, self.hidden,
                                                         float(n)) * float(n) for n in lengths)
         rows = len(lengths)
-        self.sums += (row := torch.tensor([rows, float(lengths.sum()), model_flops,
-                                   float(out["mslm"].detach()) * rows,
-                                   float(out.get("scl", torch.zeros(())).detach())
-                                   * float(out["scl_examples"]),
-                                   float(out["scl_examples"])], dtype=torch.float64))
-        self.run_sums += row
+        self.sums[:3] += torch.tensor([rows, float(lengths.sum()), model_flops],
+                                      dtype=torch.float64)
+        used = out["scl_examples"].double()
+        self.loss_sums += torch.stack([out["mslm"].detach().double() * rows,
+                                       out.get("scl", torch.zeros((), device=used.device))
+                                       .detach().double() * used, used])
+
+    def _collect(self) -> None:
+        """Bring the device-side loss sums into the host sums (one read per flush)."""
+        losses = self.loss_sums.cpu()
+        self.sums[3:] += losses
+        self.run_sums += self.sums
+        self.loss_sums.zero_()
 
     def flush(self, step: int, lr: float) -> dict:
         """Window metrics since the last flush, plus `run_*` figures since this worker began."""
+        self._collect()
         metrics = self._summary(self.sums, self.started, step, lr)
         run = self._summary(self.run_sums, self.run_started, step, lr)
         for key in ("samples_per_s", "tokens_per_s", "mfu", "mslm_loss", "scl_loss"):

@@ -4,8 +4,8 @@ Every sub-token gets a class from the character offsets the tokenizer reports, n
 searching sub-token sequences: SPECIAL (special and padding tokens, never masked), ENTITY (inside
 the head or tail mention), RELATION (strictly between the two mentions: the relation span) and
 OTHER. Collation pads a batch and masks each token independently with the probability of its
-class (default 0.8 / 0.5 / 0.2 / 0); every selected token becomes the mask token and only those
-positions carry labels.
+class (default 0.8 / 0.5 / 0.2 / 0); every selected token becomes the mask token, and the batch
+carries the selected positions (flat indices) and their original ids as the MSLM targets.
 
 Masks are drawn from uniform numbers keyed on the *global* batch (`uniform`), so an example gets
 the same mask whichever worker holds it: 1 and N workers see the same training signal.
@@ -100,12 +100,15 @@ def pad(batch: list[EncodedText], pad_id: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def mask_tokens(input_ids: torch.Tensor, classes: torch.Tensor, mask_id: int, probs: MaskProbs,
-                uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masked input ids, labels): token i is masked when uniform[i] < p(class of i)."""
+                uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(masked input ids, positions, labels): token i is masked when uniform[i] < p(class of
+    i); `positions` are the masked tokens' indices into the flattened (B * W) batch, in row
+    order, and `labels` their original ids. Built here, on the host, so the training step
+    needs no boolean indexing (a device-to-host sync on a GPU)."""
     selected = uniform < probs.table()[classes]
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
+    positions = selected.flatten().nonzero().squeeze(1)
     masked = torch.where(selected, torch.full_like(input_ids, mask_id), input_ids)
-    return masked, labels
+    return masked, positions, input_ids.flatten()[positions]
 
 
 def negative_spans(classes: torch.Tensor, count: int, max_len: int, uniform: torch.Tensor
@@ -140,12 +143,12 @@ def collate(batch: list[EncodedText], pad_id: int, mask_id: int, probs: MaskProb
     taken from the global batch's draws.
     """
     input_ids, classes = pad(batch, pad_id)
-    masked, labels = mask_tokens(input_ids, classes, mask_id, probs,
-                                 uniform[:, :input_ids.size(1)])
+    masked, positions, labels = mask_tokens(input_ids, classes, mask_id, probs,
+                                            uniform[:, :input_ids.size(1)])
     lengths = torch.tensor([len(item.input_ids) for item in batch])
     out = {"input_ids": masked,
            "attention_mask": (torch.arange(input_ids.size(1))[None, :] < lengths[:, None]).long(),
-           "labels": labels, "relation_mask": classes == RELATION,
+           "mlm_positions": positions, "mlm_labels": labels, "relation_mask": classes == RELATION,
            "entity_mask": classes == ENTITY,
            "relation_ids": torch.tensor([item.relation_id for item in batch], dtype=torch.long)}
     if negatives:

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tkre.pretrain.masking import IGNORE
-
 
 @dataclass(frozen=True)
 class SCLSettings:
@@ -100,19 +98,24 @@ class PretrainModel(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(x), dim=-1)
 
-    def forward(self, input_ids, attention_mask, labels, relation_mask=None, entity_mask=None,
-                negative_mask=None, relation_ids=None) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, mlm_positions, mlm_labels, relation_mask=None,
+                entity_mask=None, negative_mask=None, relation_ids=None
+                ) -> dict[str, torch.Tensor]:
+        """Losses of one batch. Nothing here reads a value back to the host: the masked
+        positions come as an index (`mlm_positions`, flat over B * W) and every "is there
+        anything to average" is arithmetic, so a GPU step never waits for the CPU."""
         states = self.mlm.base_model(input_ids=input_ids,
                                      attention_mask=attention_mask).last_hidden_state
-        selected = labels != IGNORE
         # vocabulary logits only where a token was masked: the original computes them for every
         # position, which for a small encoder costs as much as the encoder itself
-        logits = mlm_head(self.mlm)(states[selected])
-        if selected.any():
-            mslm = F.cross_entropy(logits.float(), labels[selected])
-        else:  # nothing masked in this batch: a zero that keeps the graph connected
-            mslm = logits.sum() * 0.0 + states.sum() * 0.0
-        result = {"mslm": mslm, "scl_examples": torch.zeros((), dtype=torch.long)}
+        masked_states = states.flatten(0, 1).index_select(0, mlm_positions)
+        logits = mlm_head(self.mlm)(masked_states)
+        # a sum over no masked token is 0 and keeps the graph connected; the count is the
+        # index's length, known on the host without a sync
+        mslm = F.cross_entropy(logits.float(), mlm_labels, reduction="sum") / max(
+            mlm_labels.numel(), 1)
+        result = {"mslm": mslm, "scl_examples": torch.zeros((), dtype=torch.long,
+                                                            device=input_ids.device)}
         loss = self.scl.lambda_mslm * mslm
         if self.num_relations:
             scl, used = self.scl_loss(states, relation_mask, entity_mask, negative_mask,
@@ -147,14 +150,11 @@ class PretrainModel(nn.Module):
         if self.scl.anchor_negatives and self.num_relations > 1:
             # the relation span against every other relation's anchor, in the same denominator
             other = relation_span @ anchors.T / tau  # (B, R)
-            other_valid = torch.ones_like(other, dtype=torch.bool)
-            other_valid[torch.arange(len(relation_ids)), relation_ids.clamp(min=0)] = False
+            other_valid = F.one_hot(relation_ids.clamp(min=0), self.num_relations) == 0
             negative = torch.cat([negative, other], 1)
             negative_valid = torch.cat([negative_valid, other_valid], 1)
 
         per_example, valid = info_nce(positive, positive_valid, negative, negative_valid)
-        if valid.any():
-            loss = per_example[valid].mean()
-        else:  # nothing usable: zero, with every SCL parameter still in the graph
-            loss = per_example.sum() * 0.0
-        return loss, valid.sum()
+        # the mean over usable examples; with none, zero with every SCL parameter in the graph
+        used = valid.sum()
+        return (per_example * valid).sum() / used.clamp(min=1), used
