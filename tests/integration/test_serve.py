@@ -21,6 +21,7 @@ from schemathesis import GenerationMode
 
 from tests.tiny import make_tiny_encoder
 from tests.unit.test_extract import LABELS, TEXT, item, make_model_root
+from tests.unit.test_serve_app import HOSTILE, check_answer
 from tkre.extract.deployment import REPLICA_HEADER, AppArgs, ExtractorDeployment
 
 pytestmark = pytest.mark.integration
@@ -135,6 +136,17 @@ def _dotted(detail) -> str:
         parts = [p for p in error.get("loc", []) if p != "body"]
         out.append("".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)[1:])
     return " ".join(out)
+
+
+def test_hostile_input_over_http_is_a_4xx_naming_the_field(service: Service):
+    """The in-process cases of tests/unit/test_serve_app.py through Serve's proxy: NaN, wrong
+    types, non-JSON and oversized bodies, names no file may have."""
+    url = service.deploy()
+    for case in HOSTILE:
+        answer = requests.request(case.method, url + case.path, headers=dict(case.headers),
+                                  data=None if case.body is None else case.data(), timeout=30)
+        check_answer(case, answer.status_code, answer.text)
+    assert service.post("/v1/extract", {"items": [item()]}).status_code == 200
 
 
 def test_replica_survives_bad_input(service: Service):

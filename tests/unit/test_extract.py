@@ -14,7 +14,7 @@ from tkre import storage
 from tkre.extract import Extractor
 from tkre.extract.extractor import TrainedLabelError
 from tkre.extract.prototypes import Calibration
-from tkre.extract.wire import RequestLimits, limits_from, parse_item, parse_items
+from tkre.extract.wire import RequestLimits, limits_from, load_json, parse_item, parse_items
 from tkre.finetune.model import (
     ModelMeta,
     RelationClassifier,
@@ -163,6 +163,34 @@ def test_request_limits():
     assert limits_from({"max_items": "2"}) == RequestLimits(max_items=2)
     with pytest.raises(ValueError, match="unknown limits: max_itms"):
         limits_from({"max_itms": 2})
+    with pytest.raises(ValueError, match="limits.max_body_bytes must be a positive integer"):
+        limits_from({"max_body_bytes": 0})
+    with pytest.raises(DataError, match=r"limit is 20 \(max_example_chars\)") as err:
+        parse_item(item(), "examples[0]", RequestLimits(max_example_chars=20),
+                   size_limit="max_example_chars")
+    assert err.value.field == "examples[0].text"
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    (b'{"a": [1, {"b": NaN}]}', "a[1].b", "finite number, got NaN"),
+    (b'{"a": 1e999}', "a", "got Infinity"),
+    (b'[0, -Infinity]', "body[1]", "got -Infinity"),
+    (b'{"t": ["ok", "\\ud800"]}', "t[1]", "lone surrogate"),
+    (b'{"t": "\xff"}', "body", "not UTF-8"),
+    (b"[" * 100_000, "body", "nested too deeply"),
+    (b'{"a": ' + b"1" * 5000 + b"}", "body", "4300 digits"),
+    (b"{", "body", "not valid JSON"),
+    (b"", "body", "not valid JSON"),
+])
+def test_load_json_names_the_field_of_a_bad_body(body: bytes, field: str, message: str):
+    with pytest.raises(DataError, match=message) as err:
+        load_json(body)
+    assert err.value.field == field
+
+
+def test_load_json_reads_ordinary_json():
+    assert load_json(b'{"t": "\\ud83d\\ude00 \\u00e9", "n": [1.5, -2, 1e300, null, true]}'
+                     ) == {"t": "\U0001F600 \u00e9", "n": [1.5, -2, 1e300, None, True]}
 
 
 # --- prediction and run-time relations ------------------------------------------------------
@@ -228,6 +256,55 @@ def test_register_rejects_bad_requests(root: Path):
             extractor.register(name, examples)
         assert err.value.field == field, err.value
     assert storage.list_files(root / "extract") == []
+
+
+def test_a_registration_is_embedded_once(root: Path, monkeypatch):
+    """register embeds the examples; the refreshes after it find its own file unchanged."""
+    extractor = Extractor.from_root(str(root), refresh_s=0)
+    calls: list[int] = []
+    embed = extractor.registry.embed
+    monkeypatch.setattr(extractor.registry, "embed",
+                        lambda instances: calls.append(len(instances)) or embed(instances))
+    extractor.register("born_in", [item(), item(text="Mary Jones was born in Rome .",
+                                                  head=(0, 10), tail=(23, 27))])
+    assert extractor.extract([item()])[0]["relation"] == "born_in"
+    assert [r["name"] for r in extractor.relations()][-1] == "born_in"
+    assert calls == [2]
+    extractor.register("born_in", [item()], description="replaced")  # new content: embedded
+    other = Extractor.from_root(str(root), refresh_s=0)  # another replica embeds it itself
+    assert [r["description"] for r in other.relations()][-1] == "replaced"
+    assert calls == [2, 1]
+
+
+def test_register_limits_and_unregister_names(root: Path):
+    extractor = Extractor.from_root(str(root))
+    limits = RequestLimits(max_examples=2, max_description_chars=5, max_relations=1)
+    for name, examples, description, field, limit in [
+            ("r", [item()] * 3, "", "examples", "max_examples"),
+            ("r", [item()], "x" * 6, "description", "max_description_chars")]:
+        with pytest.raises(DataError, match=f"\\({limit}\\)") as err:
+            extractor.register(name, examples, description, limits)
+        assert err.value.field == field
+    extractor.register("r", [item()], "", limits)
+    extractor.register("r", [item()] * 2, "again", limits)  # a replacement is not one more
+    with pytest.raises(DataError, match=r"limit is 1 \(max_relations\)") as err:
+        extractor.register("s", [item()], "", limits)
+    assert err.value.field == "name"
+    for bad in ("../r", "r/x", "a\x00", "-r"):
+        with pytest.raises(DataError) as err:
+            extractor.unregister(bad)
+        assert err.value.field == "name"
+
+
+def test_registry_skips_files_that_no_relation_name_can_have(root: Path):
+    extractor = Extractor.from_root(str(root), refresh_s=0)
+    extractor.register("born_in", [item()])
+    folder = root / "extract" / "relations"
+    row = json.loads((folder / "born_in.json").read_text())
+    for file in ("abc\n.json", "-x.json", "a b.json"):
+        (folder / file).write_text(json.dumps(row))
+    assert [r["name"] for r in extractor.relations() if r["kind"] == "registered"] == [
+        "born_in"]
 
 
 def test_registrations_persist_and_reach_other_extractors(root: Path):

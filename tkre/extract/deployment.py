@@ -15,7 +15,11 @@ GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
   deployment options, set in serve/config.yaml): past them the proxy answers 503 at once.
 - Input safety: every request is parsed and checked (`Extractor.prepare`) before it
   joins a batch; a bad one gets 422 with the field named ("items[1].head") and never reaches the
-  model, so it cannot fail other requests' batch or the replica.
+  model, so it cannot fail other requests' batch or the replica. A body is read at most
+  `limits.max_body_bytes` far (413 past it) and must be UTF-8 JSON with finite numbers only
+  (`wire.load_json`); integers are strict (no booleans, numeric strings or 2.0); every other size
+  a request controls has a limit (`wire.RequestLimits`, `args.limits` in the config) whose
+  name and value the 422 gives.
 - API key: when $TKRE_API_KEY is set in the replica's environment, every route but /healthz
   needs `X-API-Key: <key>` or `Authorization: Bearer <key>`, else 401.
 - Retries: /v1/extract is idempotent, so clients may retry 503 and 5xx with backoff.
@@ -34,12 +38,14 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 
 from tkre.extract.extractor import Extractor, TrainedLabelError
-from tkre.extract.wire import Prediction, RequestLimits, limits_from
+from tkre.extract.wire import Prediction, RequestLimits, limits_from, load_json, over_limit
 from tkre.finetune.markers import Encoded
 from tkre.schema import DataError
 
@@ -47,6 +53,7 @@ ROOT_ENV = "TKRE_ROOT"
 API_KEY_ENV = "TKRE_API_KEY"
 OPEN_PATHS = {"/healthz"}
 REPLICA_HEADER = "X-Tkre-Replica"
+MAX_ERRORS = 20  # validation errors listed in one 422
 
 
 # --- the wire format -----------------------------------------------------------------------
@@ -56,8 +63,9 @@ class _Strict(BaseModel):
 
 
 class Entity(_Strict):
-    start: int = Field(description="first character (text) or token (tokens) of the mention")
-    end: int = Field(description="one past the last character or token (end exclusive)")
+    start: StrictInt = Field(description="first character (text) or token (tokens) of the "
+                                         "mention")
+    end: StrictInt = Field(description="one past the last character or token (end exclusive)")
     type: str | None = Field(None, description="entity type, e.g. person; optional")
 
 
@@ -74,7 +82,7 @@ class Item(_Strict):
 
 class ExtractRequest(_Strict):
     items: list[Item]
-    top_k: int = Field(3, description="ranked relations returned per pair")
+    top_k: StrictInt = Field(3, description="ranked relations returned per pair")
 
 
 class Scored(BaseModel):
@@ -129,9 +137,59 @@ class AppArgs(_Strict):
     limits: dict[str, int] = Field(default_factory=dict)
 
 
+class CheckedRequest(Request):
+    """A request whose body is read at most `limits.max_body_bytes` far (413 past it, without
+    reading the rest) and whose JSON is read by `wire.load_json` (422 naming the field of a
+    NaN)."""
+
+    def __init__(self, request: Request, limits: RequestLimits):
+        super().__init__(request.scope, request.receive)
+        self.limits = limits
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            limit = self.limits.max_body_bytes
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise self._too_large(f"has {declared} bytes")
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(f"has more than {limit} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            with _client_errors():
+                self._json = load_json(await self.body())
+        return self._json
+
+    def _too_large(self, what: str) -> HTTPException:
+        return _http_error(over_limit("body", what, "max_body_bytes", self.limits), 413)
+
+
+class CheckedRoute(APIRoute):
+    """A route that reads its body through CheckedRequest, under its replica's limits
+    (the route class of `api`, so every route is one)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            # the replica's own object: how Serve hands `self` to the routes too
+            limits: RequestLimits = serve.get_replica_context().servable_object.limits
+            return await handler(CheckedRequest(request, limits))
+
+        return checked
+
+
 api = FastAPI(title="tkre relation extractor", version="1",
               description="Few-shot relation extraction; relations can be added from examples "
                           "at run time (POST /v1/relations).")
+api.router.route_class = CheckedRoute
 
 
 @api.middleware("http")
@@ -148,31 +206,59 @@ async def require_api_key(request: Request, call_next):
     return await call_next(request)
 
 
-def _loc(field: str | None) -> list[str | int]:
-    """'items[2].head.start' -> ['body', 'items', 2, 'head', 'start'] (FastAPI's loc form)."""
-    parts: list[str | int] = ["body"]
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field or ""):
+@api.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 with each message naming its field, and without the input echoed back
+    (bytes that are not UTF-8 made that answer itself fail with a 500)."""
+    errors = exc.errors()
+    detail = [{"loc": list(e["loc"]), "msg": f"field '{_dotted(e['loc'])}': {e['msg']}",
+               "type": e["type"]} for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        detail.append({"loc": ["body"], "msg": f"and {len(errors) - MAX_ERRORS} more errors",
+                       "type": "value_error"})
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _dotted(loc: tuple | list) -> str:
+    """FastAPI's loc as a field name: ('body', 'items', 0, 'tail') -> 'items[0].tail'."""
+    parts = loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    return name or str(loc[0] if loc else "body")
+
+
+def _loc(field: str | None, source: str = "body") -> list[str | int]:
+    """'items[2].head.start' -> ['body', 'items', 2, 'head', 'start'] (FastAPI's loc form);
+    'body' -> ['body'], 'body[1]' -> ['body', 1]."""
+    parts: list[str | int] = [source]
+    field = field or ""
+    if field == "body" or field.startswith("body["):  # the body itself, or its items
+        field = field[len("body"):]
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
         parts.append(int(index) if index else name)
     return parts
 
 
+def _http_error(err: DataError, status: int = 422, source: str = "body") -> HTTPException:
+    return HTTPException(status, detail=[{"loc": _loc(err.field, source), "msg": str(err),
+                                          "type": "value_error"}])
+
+
 @contextmanager
-def _unprocessable():
-    """A DataError becomes 422 in FastAPI's error form, its message naming the field."""
+def _client_errors(source: str = "body"):
+    """A DataError becomes 422 in FastAPI's error form, its message naming the field of the
+    body (or of the path)."""
     try:
         yield
     except DataError as err:
-        raise HTTPException(422, detail=[{"loc": _loc(err.field), "msg": str(err),
-                                          "type": "value_error"}]) from None
+        raise _http_error(err, source=source) from None
 
 
 # --- the deployment ------------------------------------------------------------------------
 
-@serve.deployment(name="Extractor", max_ongoing_requests=32, max_queued_requests=128,
-                  health_check_period_s=10, health_check_timeout_s=30,
-                  ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class ExtractorDeployment:
+class ExtractorService:
+    """The routes and one replica's state; `ExtractorDeployment` is this class as a Serve
+    deployment (kept apart so that tests can run the FastAPI app in-process)."""
+
     def __init__(self, args: dict[str, Any] | None = None):
         cfg = AppArgs.model_validate(args or {})
         root = cfg.root or os.environ.get(ROOT_ENV)
@@ -207,7 +293,7 @@ class ExtractorDeployment:
         """The best relation, its score and the top k for each item (each pair of entities)."""
         response.headers[REPLICA_HEADER] = self.replica
         self.stats["requests"] += 1
-        with _unprocessable():
+        with _client_errors():
             parsed, encoded = self.extractor.prepare(
                 [item.model_dump(exclude_none=True) for item in body.items], body.top_k,
                 self.limits)
@@ -229,7 +315,7 @@ class ExtractorDeployment:
         """Add (or replace) a relation from examples; every replica uses it from then on."""
         response.headers[REPLICA_HEADER] = self.replica
         examples = [e.model_dump(exclude_none=True) for e in body.examples]
-        with _unprocessable():
+        with _client_errors():
             return await asyncio.to_thread(self.extractor.register, body.name, examples,
                                            body.description, self.limits)
 
@@ -237,7 +323,8 @@ class ExtractorDeployment:
     async def unregister(self, name: str) -> dict[str, str]:
         """Remove a registered relation (trained labels cannot be removed)."""
         try:
-            removed = await asyncio.to_thread(self.extractor.unregister, name)
+            with _client_errors("path"):
+                removed = await asyncio.to_thread(self.extractor.unregister, name)
         except TrainedLabelError as err:
             raise HTTPException(409, detail=str(err)) from None
         if not removed:
@@ -263,7 +350,15 @@ class ExtractorDeployment:
         await asyncio.to_thread(self.extractor.self_check)
 
 
+ExtractorDeployment = serve.deployment(
+    name="Extractor", max_ongoing_requests=32, max_queued_requests=128,
+    health_check_period_s=10, health_check_timeout_s=30, ray_actor_options={"num_cpus": 1},
+)(serve.ingress(api)(ExtractorService))
+
+
 def app(args: dict[str, Any]) -> serve.Application:
     """Serve's application builder: `import_path: serve.app:app`, `args:` from the config
-    (checked here, so a misspelt argument fails the deploy, not the replicas)."""
-    return ExtractorDeployment.bind(AppArgs.model_validate(args).model_dump())
+    (checked here, so a misspelt argument or limit fails the deploy, not the replicas)."""
+    checked = AppArgs.model_validate(args)
+    limits_from(checked.limits)
+    return ExtractorDeployment.bind(checked.model_dump())

@@ -34,7 +34,6 @@ ROOT/extract/relations/ (`tkre.extract.registry`), so every replica sees them.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import torch
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 
 from tkre import layout, storage
 from tkre.extract.prototypes import Calibration, PairEncoder
-from tkre.extract.registry import Registered, RelationRegistry
+from tkre.extract.registry import Registered, RelationRegistry, check_name
 from tkre.extract.wire import (
     DEFAULT_LIMITS,
     ParsedItem,
@@ -50,6 +49,7 @@ from tkre.extract.wire import (
     RequestLimits,
     field_error,
     format_results,
+    over_limit,
     parse_item,
     parse_items,
 )
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 # 500 episodes each, seed 42) for the bundled encoder fine-tuned one epoch on the demo data
 # (0.699 / 0.165); the plain bundled encoder gives 0.745 / 0.148.
 DEFAULT_CALIBRATION = Calibration(threshold=0.70, temperature=0.165)
-# matched whole (fullmatch): with match and "$", "abc\n" passed and became the file "abc\n.json"
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 
 
 class TrainedLabelError(ValueError):
@@ -121,8 +119,9 @@ class Extractor:
                 ) -> tuple[list[ParsedItem], list[Encoded]]:
         """A request's wire items, checked and encoded; DataError naming the field when bad.
         Nothing here touches the model, so a bad request never reaches a batch."""
-        if not 1 <= top_k <= limits.max_top_k:
-            raise field_error(f"must be between 1 and {limits.max_top_k}", "top_k")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not (
+                1 <= top_k <= limits.max_top_k):
+            raise field_error(f"must be between 1 and {limits.max_top_k} (max_top_k)", "top_k")
         parsed = parse_items(items, limits)
         return parsed, self.encode(parsed)
 
@@ -183,29 +182,40 @@ class Extractor:
 
     def register(self, name: str, examples: list[dict], description: str = "",
                  limits: RequestLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-        """Add (or replace) a relation from wire-format examples (head and tail each)."""
+        """Add (or replace) a relation from wire-format examples (head and tail each);
+        DataError naming the field, or the limit, when the request is bad."""
         if self.registry is None:
             raise RuntimeError("this extractor has no registry folder")
-        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            raise field_error("must be 1-64 characters: a letter, then letters, digits, _ . : -",
-                              "name")
+        check_name(name)
         if self.is_trained(name):
             raise field_error(f"{name!r} is a trained label of this model", "name")
-        if not isinstance(examples, list) or not 1 <= len(examples) <= limits.max_examples:
-            raise field_error(f"must be a list of 1 to {limits.max_examples} examples", "examples")
-        parsed = [parse_item(e, f"examples[{i}]", limits, allow_entities=False, relation=name)
-                  for i, e in enumerate(examples)]
+        if not isinstance(description, str):
+            raise field_error("must be a string", "description")
+        if len(description) > limits.max_description_chars:
+            raise over_limit("description", f"has {len(description)} characters",
+                             "max_description_chars", limits)
+        if not isinstance(examples, list) or not examples:
+            raise field_error("must be a non-empty list of examples", "examples")
+        if len(examples) > limits.max_examples:
+            raise over_limit("examples", f"has {len(examples)} examples", "max_examples", limits)
+        parsed = [parse_item(e, f"examples[{i}]", limits, allow_entities=False, relation=name,
+                             size_limit="max_example_chars") for i, e in enumerate(examples)]
         self.encode(parsed)  # rejects examples whose entities cannot fit
-        instances = [p.instances[0] for p in parsed]
-        entry = self.registry.add(name, description or "", instances)
+        self.registry.refresh(force=True)
+        known = [entry.name for entry in self.registry.entries()]
+        if name not in known and len(known) >= limits.max_relations:
+            raise over_limit("name", f"would be relation {len(known) + 1}", "max_relations",
+                             limits)
+        entry = self.registry.add(name, description, [p.instances[0] for p in parsed])
         return self._describe_registered(entry)
 
     def unregister(self, name: str) -> bool:
-        """Remove a run-time relation; False when there is none by that name, and
-        TrainedLabelError for a trained label."""
+        """Remove a run-time relation; False when there is none by that name, TrainedLabelError
+        for a trained label, DataError for a name no relation can have."""
         if self.is_trained(name):
             raise TrainedLabelError(f"{name!r} is a trained label; only registered relations "
                                     "can be deleted")
+        check_name(name)
         return bool(self.registry) and self.registry.remove(name)
 
     def relations(self) -> list[dict[str, Any]]:

@@ -2,12 +2,15 @@
 
 Files, not replica memory, so registrations survive restarts and every replica sees them: each
 replica compares the folder's listing (mtime/size locally, ETags on S3) at most every
-`refresh_s` seconds and embeds the examples of new or changed files itself.
+`refresh_s` seconds and embeds the examples of new or changed files itself (a file this replica
+wrote itself is embedded once, when it is added). A name is a file name, so it must match
+NAME_PATTERN whole; files whose name does not are skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,16 @@ from tkre.extract.prototypes import prototype
 from tkre.schema import DataError, Instance
 
 log = logging.getLogger(__name__)
+# matched whole (fullmatch): with match and "$", "abc\n" passed and became the file "abc\n.json"
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+
+
+def check_name(name: object) -> str:
+    """A relation name, which is also its file name; DataError (field "name") otherwise."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise DataError("must be 1-64 characters: a letter, then letters, digits, _ . : -",
+                        field="name")
+    return name
 
 
 @dataclass
@@ -61,20 +74,31 @@ class RelationRegistry:
             entries = {}
             for file, version in listing.items():
                 name = file[:-len(".json")]
+                if not NAME_PATTERN.fullmatch(name):
+                    log.warning("skipping relation file %s: not a relation name", file)
+                    continue
                 if self._versions.get(file) == version and name in self._entries:
                     entries[name] = self._entries[name]
                     continue
                 try:
-                    row = storage.read_json(storage.join(self.folder, file))
-                    examples = [Instance.from_dict(e) for e in row["examples"]]
-                    entries[name] = Registered(name, row.get("description", ""), examples,
-                                               prototype(self.embed(examples)))
+                    entries[name] = self._read(file, name)
                 except FileNotFoundError:  # deleted between listing and reading
                     continue
                 except (DataError, KeyError, TypeError, ValueError) as err:
                     log.warning("skipping unreadable relation file %s: %s", file, err)
             self._entries, self._versions, self._dirty = entries, listing, False
             return True
+
+    def _read(self, file: str, name: str) -> Registered:
+        """The relation in `file`; embedded unless it holds what this replica has already (the
+        file it wrote itself on `add`, whose stored version it learns only now)."""
+        row = storage.read_json(storage.join(self.folder, file))
+        examples = [Instance.from_dict(e) for e in row["examples"]]
+        description = row.get("description", "")
+        known = self._entries.get(name)
+        if known and known.examples == examples and known.description == description:
+            return known
+        return Registered(name, description, examples, prototype(self.embed(examples)))
 
     def snapshot(self) -> tuple[list[str], torch.Tensor | None]:
         """The names, sorted, and their prototypes stacked [R, D] (None when there are none)."""
@@ -89,13 +113,15 @@ class RelationRegistry:
             return [self._entries[n] for n in sorted(self._entries)]
 
     def add(self, name: str, description: str, examples: list[Instance]) -> Registered:
+        """Embed the examples and write the relation's file (replacing one by that name)."""
+        check_name(name)
         entry = Registered(name, description, examples, prototype(self.embed(examples)))
         storage.write_json(storage.join(self.folder, f"{name}.json"), {
             "name": name, "description": description,
             "examples": [e.to_dict() for e in examples], "created": time.time()})
         with self._lock:
             self._entries[name] = entry
-            self._versions.pop(f"{name}.json", None)  # its stored version is learnt on refresh
+            self._versions.pop(f"{name}.json", None)  # learnt on refresh, not re-embedded
             self._checked, self._dirty = float("-inf"), True
         return entry
 
