@@ -90,7 +90,9 @@ class TrainConfig:
 
     num_workers: int = _help("Ray Train workers", default=1)
     use_gpu: bool = _help("one GPU per worker", default=False)
-    cpus_per_worker: float = _help("CPUs reserved per worker", default=1.0)
+    cpus_per_worker: float | None = _help(
+        "CPUs reserved per worker, and its torch threads; default: the machine's cores split "
+        "over the workers on a local cluster, 1 on a cluster joined by address", default=None)
     max_failures: int = _help("worker failures Ray Train retries from the latest checkpoint "
                               "(-1: unlimited)", default=1)
     num_to_keep: int = _help("checkpoints kept per run", default=2)
@@ -99,7 +101,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
-        _check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        _check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker",
+               "must be > 0")
         _check(self.max_failures >= -1, "max_failures", "must be >= -1")
         _check(self.num_to_keep >= 1, "num_to_keep", "must be >= 1")
 
@@ -440,8 +443,8 @@ class FewshotEvalConfig:
 # explicitly wins over the preset, so `--quick --ks 8,16` keeps the quick sizes with two Ks.
 
 VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
-PARTS = ("quality", "fewrel", "generation", "pretraining", "pretraining_step", "serving",
-         "flops")
+PARTS = ("quality", "fewrel", "generation", "pretraining", "pretraining_step", "finetuning",
+         "serving", "flops")
 # parts measured without a Ray cluster (they run on a GPU machine that has no Ray)
 NO_RAY_PARTS = ("pretraining_step", "flops")
 
@@ -468,6 +471,7 @@ QUICK = {
     "fewrel_episodes": 25, "fewrel_settings": "5x1,5x5,10x1,10x5",
     "gen_speed_prompts": 8, "gen_speed_max_tokens": 32, "gen_speed_backends": "hf",
     "pretrain_speed_steps": 8, "pretrain_speed_batch_size": 8, "scaling_workers": "1,2",
+    "finetune_speed_epochs": 2,
     "serve_requests": 40, "serve_concurrency": "1,8,32",
     "flops_batch_size": 32, "flops_seq_len": 128,
     # a machinery check: 1 epoch and 12 pre-training steps reach ~0.1 micro-F1, so no verdicts
@@ -496,6 +500,7 @@ CPU = {
     "fewrel_episodes": 100, "fewrel_settings": "5x1,5x5,10x1,10x5",
     "gen_speed_prompts": 18, "gen_speed_max_tokens": 64, "gen_speed_backends": "hf,vllm",
     "pretrain_speed_steps": 20, "pretrain_speed_batch_size": 8, "scaling_workers": "1,2",
+    "finetune_speed_epochs": 5,
     "serve_requests": 100, "serve_concurrency": "1,8,32",
     "flops_batch_size": 32, "flops_seq_len": 128,
     "verdicts": True, "baseline_floor": 0.45,
@@ -519,6 +524,7 @@ FULL = {
     "fewrel_episodes": 1000, "fewrel_settings": "5x1,5x5,10x1,10x5",
     "gen_speed_prompts": 256, "gen_speed_max_tokens": 256, "gen_speed_backends": "hf,vllm",
     "pretrain_speed_steps": 200, "pretrain_speed_batch_size": 16, "scaling_workers": "1,2",
+    "finetune_speed_epochs": 3,
     "serve_requests": 1000, "serve_concurrency": "1,8,32",
     "flops_batch_size": 128, "flops_seq_len": 128,
     "verdicts": True, "baseline_floor": None,
@@ -604,6 +610,9 @@ class BenchConfig:
                                              default=None)
     pretrain_speed_batch_size: int | None = _help("batch size there", default=None)
     scaling_workers: str | None = _help("Ray Train worker counts compared", default=None)
+    finetune_speed_epochs: int | None = _help(
+        "epochs in the fine-tuning speed comparison (ours on Ray Train against a plain loop)",
+        default=None)
     serve_requests: int | None = _help("requests per concurrency level", default=None)
     serve_concurrency: str | None = _help("client concurrency levels", default=None)
     flops_batch_size: int | None = _help("batch size of the encoder FLOP/s measurement",
@@ -616,7 +625,7 @@ class BenchConfig:
         "baseline); default: the preset's", default=None)
 
     def __post_init__(self) -> None:
-        self.root = storage.absolute(self.root)  # its run roots and encoders reach Ray workers
+        self.root = _absolute_root(self.root)  # its run roots and encoders reach Ray workers
         _check(not (self.quick and self.preset not in (None, "quick")), "quick",
                f"--quick contradicts --preset {self.preset}")
         self.preset = self.preset or ("quick" if self.quick else "full")
@@ -702,13 +711,19 @@ def _normalise(cfg: Any) -> None:
     root becomes absolute: every path derived from it reaches Ray workers, whose working
     directory is not the driver's."""
     if isinstance(getattr(cfg, "root", None), str):
-        cfg.root = storage.absolute(cfg.root)
+        cfg.root = _absolute_root(cfg.root)
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         kind = hints[f.name]
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             setattr(cfg, f.name, from_dict(kind, value, prefix=f"{f.name}."))
+
+
+def _absolute_root(root: str) -> str:
+    """An empty root would silently mean the current directory: refused."""
+    _check(bool(root.strip()), "root", "must not be empty: give a folder or s3://bucket/prefix")
+    return storage.absolute(root)
 
 
 def _typed(kind: Any, value: Any, name: str) -> Any:

@@ -16,6 +16,7 @@ A run lives under one root, a local folder or `s3://bucket/prefix`:
     ROOT/extract/calibration.json, fewshot_metrics.json  prototype calibration
     ROOT/pipeline.json                                   per-stage wall time and memory
     ROOT/bench/                                          the benchmark's units and report
+    ROOT/writer.lock                                     who writes the root now (`writing`)
 
 No other module spells one of these paths: stages meet only through the functions below. Each
 "complete" check looks at the file its stage writes last, so an interrupted stage is never
@@ -23,6 +24,8 @@ taken for a finished one.
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager
 
 from tkre import storage
 from tkre.resources import BUNDLED_ENCODER, resolve_model
@@ -36,6 +39,23 @@ MODEL_META_FILE = "tkre_model.json"
 WRITERS = {"data": "jobs/finetune.py or jobs/generate.py", "knowledge": "jobs/generate.py",
            "mslm": "jobs/pretrain.py --stage mslm", "scl": "jobs/pretrain.py --stage scl",
            "finetune": "jobs/finetune.py", "evaluate": "jobs/evaluate.py"}
+
+
+# --- one writer per root -----------------------------------------------------------------
+
+def lock_file(root: str) -> str:
+    """The lock every job writing ROOT holds (a flock'd file; a lease object on S3)."""
+    return storage.join(root, "writer.lock")
+
+
+def writing(root: str) -> AbstractContextManager[None]:
+    """Hold ROOT's writer lock for a with-block: re-entrant in this process, a one-line
+    StorageError at once when another process holds it or the root cannot be written."""
+    try:
+        storage.join(root)
+    except ValueError as err:  # "s3://" without a bucket
+        raise storage.StorageError(f"root {root!r}: {err}") from None
+    return storage.exclusive(lock_file(root), name=root)
 
 
 # --- data --------------------------------------------------------------------------------

@@ -80,12 +80,37 @@ def stage_runners(cfg: PipelineConfig) -> dict[str, Runner]:
     }
 
 
+def classifier_window(cfg: PipelineConfig) -> datasets.Window | None:
+    """What the fine-tuned classifier will be able to encode, known before any stage runs
+    (pre-training keeps its start encoder's tokenizer); None without finetune or evaluate."""
+    from tkre.finetune.markers import EncoderWindow
+
+    if not {"finetune", "evaluate"} & set(cfg.stage_list):
+        return None
+    finetune = cfg.stage_config("finetune", FinetuneConfig)
+    encoder = layout.finetune_start(cfg.root, finetune.encoder)
+    pretrained = any(layout.pretrain_done(cfg.root, s) for s in layout.PRETRAIN_STAGES)
+    if finetune.encoder == "auto" and not pretrained and {"mslm", "scl"} & set(cfg.stage_list):
+        encoder = layout.pretrain_start(
+            cfg.root, "mslm", cfg.stage_config("pretrain", PretrainConfig).encoder)
+    return EncoderWindow.load(encoder, finetune.max_length, finetune.marker != "untyped")
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Every chosen stage in order, holding ROOT's writer lock throughout (the stages take it
+    again: it is re-entrant)."""
+    with layout.writing(cfg.root):
+        return _run_stages(cfg)
+
+
+def _run_stages(cfg: PipelineConfig) -> dict:
     started = time.perf_counter()
     runners = stage_runners(cfg)
     report: dict = {"stages": {}}
+    window = classifier_window(cfg)
     with MemoryWatch() as watch:
-        splits = datasets.prepare(cfg.data, cfg.root)  # once: every stage gets these splits
+        # once: every stage gets these splits
+        splits = datasets.prepare(cfg.data, cfg.root, window)
     report["stages"]["data"] = {"peak_memory_growth_gb": round(watch.peak_growth_gb, 2)}
     for stage in cfg.stage_list:
         if layout.STAGE_DONE[stage](cfg.root):

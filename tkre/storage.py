@@ -12,12 +12,23 @@ boto3 and pyarrow are imported on first use: local runs never pay for them.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import email.utils
+import errno
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,6 +41,17 @@ DEFAULT_REGION = "us-east-1"
 CACHE_ENV = "TKRE_CACHE_DIR"
 
 PathLike = str | os.PathLike
+
+# An S3 endpoint that does not answer fails within about attempts x timeout seconds (botocore's
+# defaults: minutes). The read timeout is per socket read: a long transfer that keeps moving
+# is never cut.
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 10.0
+S3_ATTEMPTS = 3  # boto3's "standard" retry mode, which also backs off on throttling
+
+
+class StorageError(Exception):
+    """A run root that cannot be used (no credentials, no answer, not writable, in use)."""
 
 
 def is_s3(uri: PathLike) -> bool:
@@ -87,7 +109,9 @@ def _client(pid: int, env: tuple[str | None, ...]) -> Any:
     endpoint = _endpoint()
     # pyarrow addresses buckets by path when given an endpoint, and most S3-compatible servers
     # only understand that; boto3 is told the same so both behave alike.
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None
+    config = Config(connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
+                    retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+                    s3={"addressing_style": "path"} if endpoint else None)
     return boto3.session.Session(region_name=_region()).client(
         "s3", endpoint_url=endpoint, config=config)
 
@@ -100,7 +124,9 @@ def arrow_filesystem(uri: PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     import boto3
 
-    kwargs: dict[str, Any] = {"region": _region()}
+    # Ray Train moves checkpoints through this client mid-run: its own retries stay; a dead
+    # endpoint has already failed the job's first request (the root's lock, through boto3).
+    kwargs: dict[str, Any] = {"region": _region(), "connect_timeout": S3_CONNECT_TIMEOUT_S}
     endpoint = _endpoint()
     if endpoint:
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -131,7 +157,7 @@ def ray_storage(uri: PathLike) -> tuple[str, pyarrow.fs.FileSystem | None]:
 
 
 def _is_missing(err: Exception) -> bool:
-    code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+    code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
@@ -358,3 +384,196 @@ def local_copy(uri: PathLike) -> Path:
         if old != target and not old.name.startswith(".tmp-"):
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+# --- errors a user can cause -------------------------------------------------------------------
+
+def s3_problem(err: BaseException) -> str | None:
+    """One line for an S3 client failure a user can fix (credentials, endpoint, permissions,
+    bucket); None for anything else."""
+    if not type(err).__module__.startswith("botocore"):
+        return None
+    from botocore import exceptions as bx
+
+    endpoint = _endpoint() or "AWS S3"
+    if isinstance(err, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                "AWS_PROFILE, or give the machine a role)")
+    if isinstance(err, bx.ConnectTimeoutError | bx.ReadTimeoutError | bx.EndpointConnectionError):
+        return (f"the S3 endpoint {endpoint} did not answer ({S3_ATTEMPTS} attempts, "
+                f"{S3_CONNECT_TIMEOUT_S:.0f} s to connect, {S3_READ_TIMEOUT_S:.0f} s to read): "
+                "check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and the network")
+    if isinstance(err, bx.ClientError):
+        error = err.response.get("Error", {})
+        return (f"S3 ({endpoint}) refused {err.operation_name}: "
+                f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": "))
+    if isinstance(err, bx.BotoCoreError):
+        return f"S3 ({endpoint}): {' '.join(str(err).split())}"
+    return None
+
+
+# --- one writer per root -----------------------------------------------------------------------
+# A job that writes a run root holds that root's lock file for as long as it runs: locally an
+# OS lock (fcntl.flock; the kernel drops it when the process dies), on S3 a lease object created
+# with a conditional PUT (If-None-Match: *), renewed while the job runs; a lease that has not
+# been renewed for its lease_s (by the server's clock) is stale and may be taken over. Within
+# one process the lock is re-entrant, so a pipeline holding it runs stages that take it again.
+
+LEASE_S = 600.0  # an S3 lease not renewed for this long is stale (renewed every third of it)
+_HELD: dict[str, list] = {}  # lock key -> [depth, release callable]
+_HELD_GUARD = threading.Lock()
+
+
+def _holder() -> dict[str, Any]:
+    return {"owner": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(Path(sys.argv[0]).name.split()) if sys.argv else "",
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _in_use(name: str, holder: dict[str, Any] | None, how: str) -> StorageError:
+    who = ("another job" if not holder else
+           f"{holder.get('command') or 'a job'} (pid {holder.get('pid')} on "
+           f"{holder.get('host')}, since {holder.get('since')})")
+    return StorageError(f"{name} is in use by {who}: one job writes a root at a time; wait "
+                        f"for it, or use another --root ({how})")
+
+
+@contextlib.contextmanager
+def exclusive(lock_uri: PathLike, name: str, lease_s: float = LEASE_S) -> Iterator[None]:
+    """Hold the lock file `lock_uri` (of the root `name`) for the block: StorageError at once
+    when another process holds it, or when the root cannot be written."""
+    key = join(lock_uri) if is_s3(lock_uri) else os.path.realpath(lock_uri)
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][0] += 1
+        else:
+            release = (_S3Lease(key, name, lease_s) if is_s3(key)
+                       else _local_lock(Path(key), name))
+            _HELD[key] = [1, release]
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            _HELD[key][0] -= 1
+            done = _HELD[key][0] == 0
+            release = _HELD.pop(key)[1] if done else None
+        if release is not None:
+            release()
+
+
+def _local_lock(path: Path, name: str) -> Callable[[], None]:
+    """flock the file; the returned callable releases it."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError):
+        raise StorageError(f"{name} is (or lies under) a file, not a folder: give a folder "
+                           "or s3://bucket/prefix as the root") from None
+    except OSError as err:
+        raise StorageError(f"{name} is not writable: {err.strerror or err}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+        except ValueError:
+            holder = None
+        os.close(fd)
+        raise _in_use(name, holder, f"lock file {path}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+
+    def release() -> None:
+        os.ftruncate(fd, 0)  # the file stays: removing a locked file races with its next user
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    return release
+
+
+class _S3Lease:
+    """A lease object on S3: taken by a conditional PUT, renewed by a daemon thread, deleted
+    on release. Calling the instance releases it."""
+
+    def __init__(self, uri: str, name: str, lease_s: float):
+        self.uri, self.name, self.lease_s = uri, name, lease_s
+        self.bucket, self.key = _split(uri)
+        self.holder = _holder() | {"lease_s": lease_s}
+        self.body = json.dumps(self.holder).encode()
+        try:
+            self.etag = self._take()
+        except Exception as err:
+            problem = s3_problem(err)
+            if problem is None:
+                raise
+            raise StorageError(f"{name}: {problem}") from None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="tkre-lease")
+        self._thread.start()
+
+    def _take(self) -> str:
+        """The new lease's ETag; StorageError when a live lease is there."""
+        client = s3_client()
+        for _ in range(3):  # a lease deleted or taken over meanwhile: look again
+            try:
+                return client.put_object(Bucket=self.bucket, Key=self.key, Body=self.body,
+                                         IfNoneMatch="*")["ETag"]
+            except Exception as err:
+                if not _precondition_failed(err):
+                    raise
+            try:
+                holder, etag, age_s = self._read()
+            except Exception as err:
+                if _is_missing(err):
+                    continue
+                raise
+            if holder is not None and age_s < float(holder.get("lease_s", LEASE_S)):
+                raise _in_use(self.name, holder, f"lease {self.uri}, renewed {age_s:.0f} s ago")
+            try:  # stale (or unreadable): take it over, unless someone else just did
+                return client.put_object(Bucket=self.bucket, Key=self.key, Body=self.body,
+                                         IfMatch=etag)["ETag"]
+            except Exception as err:
+                if not (_precondition_failed(err) or _is_missing(err)):
+                    raise
+        raise _in_use(self.name, None, f"lease {self.uri} kept changing hands")
+
+    def _read(self) -> tuple[dict | None, str, float]:
+        """(holder or None when unreadable, ETag, seconds since last renewal, server clock)."""
+        response = s3_client().get_object(Bucket=self.bucket, Key=self.key)
+        try:
+            holder = json.loads(response["Body"].read())
+        except ValueError:
+            holder = None
+        date = response["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = (email.utils.parsedate_to_datetime(date) if date
+               else datetime.datetime.now(datetime.UTC))
+        age_s = (now - response["LastModified"]).total_seconds()
+        return (holder if isinstance(holder, dict) else None), response["ETag"], age_s
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.etag = s3_client().put_object(Bucket=self.bucket, Key=self.key,
+                                                   Body=self.body, IfMatch=self.etag)["ETag"]
+            except Exception as err:  # keep running: the job itself is not at fault
+                print(f"[storage] warning: could not renew the lease {self.uri}: "
+                      f"{s3_problem(err) or err}", flush=True)
+
+    def __call__(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:  # delete only our own lease (not one taken over after ours went stale)
+            holder, _, _ = self._read()
+            if holder is not None and holder.get("owner") == self.holder["owner"]:
+                s3_client().delete_object(Bucket=self.bucket, Key=self.key)
+        except Exception as err:
+            print(f"[storage] warning: could not release the lease {self.uri}: "
+                  f"{s3_problem(err) or err}; it goes stale in {self.lease_s:.0f} s", flush=True)
+
+
+def _precondition_failed(err: Exception) -> bool:
+    code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")

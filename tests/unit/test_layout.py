@@ -165,3 +165,135 @@ def test_an_empty_training_set_is_refused_and_short_relations_are_named(tmp_path
     datasets.prepare(DataConfig(data="jsonl", data_dir=str(folder), k=8), str(tmp_path / "r2"))
     out = capsys.readouterr().out
     assert "fewer than k=8" in out and "per:employee_of (1)" in out and "other (" not in out
+
+
+# --- prepared data is never stale; records the model cannot encode (issue 14) -------------
+
+LINE = {"tokens": ["Ann", "works", "for", "Acme"], "head": {"start": 0, "end": 1},
+        "tail": {"start": 3, "end": 4}, "relation": "per:employee_of"}
+# 300 words between the entities: more than the classifier's 256 sub-tokens
+FAR = {"tokens": ["Ann", *["word"] * 300, "Acme"], "head": {"start": 0, "end": 1},
+       "tail": {"start": 301, "end": 302}, "relation": "per:employee_of"}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def jsonl_data(folder: Path, train: list[dict], test: list[dict]) -> DataConfig:
+    folder.mkdir(exist_ok=True)
+    write_rows(folder / "train.jsonl", train)
+    write_rows(folder / "test.jsonl", test)
+    return DataConfig(data="jsonl", data_dir=str(folder), k=2)
+
+
+def test_prepared_data_is_drawn_again_when_its_input_files_change(tmp_path: Path, capsys):
+    """An edited test.jsonl or a relabelled train.jsonl used to be ignored on re-runs."""
+    train = ([LINE | {"id": f"e{i}"} for i in range(4)]
+             + [LINE | {"id": f"o{i}", "relation": "other"} for i in range(4)])
+    test = [LINE | {"id": f"t{i}"} for i in range(20)]
+    cfg, root = jsonl_data(tmp_path / "data", train, test), str(tmp_path / "run")
+    first = datasets.prepare(cfg, root)
+    assert len(first.test) == 20 and datasets.prepare(cfg, root).train == first.train
+    capsys.readouterr()
+
+    write_rows(tmp_path / "data" / "test.jsonl", test[:10])  # cut to 10 lines
+    assert len(datasets.prepare(cfg, root).test) == 10
+    assert "test.jsonl changed" in capsys.readouterr().out
+
+    touch(layout.finetune_metrics(root))  # a model trained on the old K-shot set
+    touch(storage.join(layout.finetune_model(root), layout.MODEL_META_FILE))
+    relabelled = [row | {"relation": "employer"} if row["relation"] != "other" else row
+                  for row in train]
+    write_rows(tmp_path / "data" / "train.jsonl", relabelled)
+    splits = datasets.prepare(cfg, root)
+    assert {inst.relation for inst in splits.train} == {"employer", "other"}
+    assert datasets.load_prepared(root).train == splits.train
+    out = capsys.readouterr().out
+    assert "train.jsonl changed" in out and "still holds finetune" in out
+    with pytest.raises(DataError, match="already holds data drawn with"):  # another draw
+        datasets.prepare(DataConfig(data="jsonl", data_dir=cfg.data_dir, k=3), root)
+
+
+def test_records_the_model_cannot_encode_are_dropped_with_a_warning(tmp_path: Path, capsys):
+    from tkre.finetune.markers import EncoderWindow
+
+    folder = tmp_path / "data"
+    train = ([LINE | {"id": f"e{i}"} for i in range(2)] + [FAR | {"id": "far-train"}]
+             + [LINE | {"id": f"o{i}", "relation": "other"} for i in range(2)])
+    test = [LINE | {"id": "t0"}, FAR | {"id": "far-test"}, LINE | {"id": "t1"}]
+    cfg = jsonl_data(folder, train, test)
+    window = EncoderWindow.load(resolve_model(BUNDLED_ENCODER), 256, typed=True)
+    splits = datasets.prepare(cfg, str(tmp_path / "r1"), window)
+    ids = {inst.id for part in (splits.train, splits.dev, splits.test) for inst in part}
+    assert "far-train" not in ids and "far-test" not in ids and {"t0", "t1"} <= ids
+    out = capsys.readouterr().out
+    assert f"{folder / 'train.jsonl'}: dropped 1 record(s)" in out and "records 3" in out
+    assert f"{folder / 'test.jsonl'}: dropped 1 record(s)" in out and "records 2" in out
+
+    # data prepared without a window (by jobs/generate.py, say) is checked when one comes
+    assert "far-test" in {inst.id for inst in datasets.prepare(cfg, str(tmp_path / "r2")).test}
+    assert "far-test" not in {i.id for i in datasets.prepare(cfg, str(tmp_path / "r2"),
+                                                             window).test}
+    # a relation left with no example it can encode is refused, naming it
+    cfg = jsonl_data(folder, train + [FAR | {"id": "x", "relation": "only_far"}], test)
+    with pytest.raises(DataError, match="relation 'only_far' has no training example") as err:
+        datasets.prepare(cfg, str(tmp_path / "r3"), window)
+    assert err.value.field == "max_length" and err.value.file == str(folder / "train.jsonl")
+
+
+def test_the_window_check_agrees_with_the_encoder(tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    from tkre.finetune.markers import EncoderWindow, encode
+    from tkre.schema import Instance, Span
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(BUNDLED_ENCODER))
+    instances = [Instance(f"gap{gap}", ("Ann", *["word"] * gap, "Acme"),
+                          Span(0, 1, "", "person"), Span(gap + 1, gap + 2, "", "org"), "r")
+                 for gap in range(40, 60)]
+
+    def encodes(inst: Instance) -> bool:
+        try:
+            encode(tokenizer, inst, True, 52)
+        except ValueError:
+            return False
+        return True
+
+    expected = [encodes(inst) for inst in instances]
+    assert True in expected and False in expected
+    assert EncoderWindow(52, True, tokenizer, "bundled").fits(instances) == expected
+    # without a tokenizer: a word count, which drops only what certainly does not fit
+    by_words = EncoderWindow(52, True).fits(instances)
+    assert all(w or not e for w, e in zip(by_words, expected, strict=True))
+    assert by_words[-1] is False
+
+
+def test_the_pipeline_checks_records_against_the_classifier_it_trains(tmp_path: Path):
+    from tkre import pipeline
+    from tkre.config import PipelineConfig
+
+    window = pipeline.classifier_window(PipelineConfig(root=str(tmp_path),
+                                                       finetune={"max_length": 64}))
+    assert window.max_length == 64 and window.tokenizer is not None
+    assert window.source == resolve_model(BUNDLED_ENCODER)
+    assert pipeline.classifier_window(PipelineConfig(root=str(tmp_path),
+                                                     stages="knowledge")) is None
+
+
+def test_fewrel_without_pid2name_uses_the_relation_ids(tmp_path: Path, capsys):
+    """An absent pid2name.json used to reject every relation ("not in pid2name")."""
+    import json
+
+    row = {"tokens": ["Oakvale", "lies", "in", "Norland", "."], "h": ["Oakvale", "Q1", [[0]]],
+           "t": ["Norland", "Q2", [[3]]]}
+    folder = tmp_path / "fewrel"
+    folder.mkdir()
+    (folder / "val.json").write_text(json.dumps({"P17": [row] * 4, "P131": [row] * 4}))
+    splits = datasets.prepare(DataConfig(data="fewrel", data_dir=str(folder), k=1),
+                              str(tmp_path / "run"))
+    assert splits.labels == ["P131", "P17"] and splits.descriptions == {}
+    assert len(splits.train) == 2 and len(splits.test) == 4
+    assert "no pid2name.json" in capsys.readouterr().out

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -191,3 +197,132 @@ def test_replace_dir_leaves_exactly_the_new_files(kind: str, tmp_path: Path,
     assert storage.read_text(storage.join(target, "a.txt")) == "new a"
     storage.write_bytes(storage.join(target, "b.bin"), b"\x01")
     assert storage.list_files(target) == ["a.txt", "b.bin"]
+
+
+# --- one writer per root (issue 14) ----------------------------------------------------------
+
+
+def _locked_elsewhere(path: str) -> bool:
+    """Whether a second open file (as another process has) cannot take the flock."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also drops the probe's own lock
+    return False
+
+
+def test_local_lock_is_reentrant_and_released_on_an_exception(tmp_path: Path):
+    lock = str(tmp_path / "run" / "writer.lock")
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.exclusive(lock, "run"):
+            holder = json.loads(Path(lock).read_text())
+            assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+            with storage.exclusive(lock, "run"):  # nested (a pipeline's stage): no deadlock
+                assert _locked_elsewhere(lock)
+            assert _locked_elsewhere(lock)  # the outer block still holds it
+            raise RuntimeError("boom")
+    assert not _locked_elsewhere(lock) and Path(lock).read_text() == ""
+
+
+def test_a_root_that_is_a_file_or_not_writable_is_one_line(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(storage.StorageError, match="is .* a file, not a folder"):
+        with storage.exclusive(str(tmp_path / "file" / "writer.lock"), "file"):
+            pass
+    real_open = os.open
+
+    def read_only(path, *args):
+        if str(path).endswith("writer.lock"):
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args)
+
+    monkeypatch.setattr(storage.os, "open", read_only)
+    with pytest.raises(storage.StorageError, match="^ro is not writable: Read-only file system$"):
+        with storage.exclusive(str(tmp_path / "ro" / "writer.lock"), "ro"):
+            pass
+
+
+def test_s3_lease_is_conditional_reentrant_and_released(bucket: str):
+    lock = f"s3://{bucket}/run/writer.lock"
+    with storage.exclusive(lock, "run"):
+        assert storage.read_json(lock)["pid"] == os.getpid()
+        with storage.exclusive(lock, "run"):
+            pass
+        assert storage.exists(lock)  # the inner block left it held
+        # another holder's conditional PUT (If-None-Match: *) fails, naming this one
+        with pytest.raises(storage.StorageError, match=f"in use by .*pid {os.getpid()}"):
+            storage._S3Lease(lock, "run", storage.LEASE_S)
+    assert not storage.exists(lock)
+
+
+def test_s3_live_lease_is_refused_and_a_stale_one_taken_over(bucket: str):
+    lock = f"s3://{bucket}/run/writer.lock"
+    other = {"owner": "x", "pid": 4242, "host": "node-7", "since": "2025-01-01T00:00:00Z",
+             "command": "pretrain.py", "lease_s": 600}
+    storage.write_json(lock, other)
+    with pytest.raises(storage.StorageError,
+                       match=r"^run is in use by pretrain.py \(pid 4242 on node-7"):
+        with storage.exclusive(lock, "run"):
+            pass
+    assert storage.read_json(lock) == other
+    storage.write_json(lock, other | {"lease_s": 0})  # not renewed within its lease: stale
+    with storage.exclusive(lock, "run"):
+        assert storage.read_json(lock)["pid"] == os.getpid()
+    assert not storage.exists(lock)
+
+
+def test_s3_lease_is_renewed_while_held(bucket: str):
+    lock = f"s3://{bucket}/run/writer.lock"
+    bucket_name, key = storage._split(lock)
+    with storage.exclusive(lock, "run", lease_s=3.0):  # renewed every second
+        first = storage.s3_client().head_object(Bucket=bucket_name, Key=key)["LastModified"]
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = storage.s3_client().head_object(Bucket=bucket_name, Key=key)["LastModified"]
+            if now > first:
+                break
+        assert now > first
+
+
+@pytest.fixture
+def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role on a laptop
+    return monkeypatch
+
+
+def test_s3_without_credentials_is_one_line(aws_env: pytest.MonkeyPatch):
+    with pytest.raises(storage.StorageError, match="^s3://b/run: no AWS credentials: set"):
+        with storage.exclusive("s3://b/run/writer.lock", "s3://b/run"):
+            pass
+
+
+def test_s3_endpoint_that_never_answers_fails_within_the_timeouts(aws_env: pytest.MonkeyPatch):
+    silent = socket.socket()  # the kernel accepts connections; nobody ever answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    aws_env.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    aws_env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    aws_env.setattr(storage, "S3_READ_TIMEOUT_S", 0.5)
+    aws_env.setattr(storage, "S3_ATTEMPTS", 2)
+    storage._client.cache_clear()
+    started = time.monotonic()
+    try:
+        with pytest.raises(storage.StorageError, match="did not answer .*2 attempts"):
+            with storage.exclusive("s3://b/run/writer.lock", "s3://b/run"):
+                pass
+    finally:
+        silent.close()
+        storage._client.cache_clear()
+    assert time.monotonic() - started < 10  # botocore's defaults: minutes

@@ -13,6 +13,7 @@ import torch
 from tkre import layout, storage
 from tkre.config import EvaluateConfig
 from tkre.data import datasets
+from tkre.finetune.markers import EncoderWindow
 from tkre.finetune.metrics import (
     confusion_matrix,
     micro_prf,
@@ -42,9 +43,10 @@ def run_evaluate(cfg: EvaluateConfig, splits: datasets.Splits | None = None) -> 
     started = time.perf_counter()
     model_uri = layout.finetune_model(cfg.root)
     layout.require(cfg.root, "finetune", "evaluation")
-    splits = splits or datasets.prepare(cfg.data, cfg.root)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer, meta = load_classifier(storage.local_copy(model_uri), device=device)
+    window = EncoderWindow(meta.max_length, meta.typed_markers, tokenizer, model_uri)
+    splits = splits or datasets.prepare(cfg.data, cfg.root, window)
     print(f"[evaluate] predicting {len(splits.test)} test examples with {model_uri}", flush=True)
     probs = predict_proba(model, tokenizer, meta, splits.test, cfg.batch_size)
     pred = [meta.labels[i] for i in probs.argmax(-1).tolist()]

@@ -14,6 +14,7 @@ from tkre.config import FinetuneConfig
 from tkre.data import datasets, readers
 from tkre.data.sampling import label_counts
 from tkre.finetune.loop import train_loop
+from tkre.finetune.markers import EncoderWindow
 from tkre.finetune.model import ModelMeta, RelationClassifier, load_encoder, save_classifier
 from tkre.schema import Instance
 from tkre.train.strategy import full_state_dict
@@ -34,11 +35,14 @@ def run_finetune(cfg: FinetuneConfig, splits: datasets.Splits | None = None) -> 
     """Train on ROOT's K-shot (+ synthetic) data and write the model folder. `splits`: the
     prepared data when the caller (the pipeline) already has it."""
     started = time.perf_counter()
-    splits = splits or datasets.prepare(cfg.data, cfg.root)
-    synthetic = synthetic_instances(cfg, splits.labels)
+    encoder = layout.finetune_start(cfg.root, cfg.encoder)
+    # records the classifier cannot encode are dropped here, not minutes later in a worker
+    window = EncoderWindow.load(encoder, cfg.max_length, typed=cfg.marker != "untyped")
+    splits = splits or datasets.prepare(cfg.data, cfg.root, window)
+    synthetic = datasets.encodable(synthetic_instances(cfg, splits.labels), window,
+                                   {"": layout.synthetic(cfg.root)})
     train = splits.train + synthetic
     typed = cfg.marker == "typed" or (cfg.marker == "auto" and splits.has_types)
-    encoder = layout.finetune_start(cfg.root, cfg.encoder)
     meta = ModelMeta(labels=splits.labels, no_relation=splits.no_relation, typed_markers=typed,
                      max_length=cfg.max_length, encoder_source=encoder, dropout=cfg.dropout)
     print(f"[finetune] training on {len(splits.train)} K-shot + {len(synthetic)} synthetic "
@@ -59,6 +63,7 @@ def run_finetune(cfg: FinetuneConfig, splits: datasets.Splits | None = None) -> 
                "best_epoch": best_metrics["epoch"],
                "best_dev_micro_f1": best_metrics["dev_micro_f1"],
                "encoder": encoder, "typed_markers": typed, "config": asdict(cfg),
+               "epoch_s": list(result.metrics.get("epoch_s", [])),
                "wall_s": time.perf_counter() - started}
     storage.write_json(layout.finetune_metrics(cfg.root), summary)
     print(f"[finetune] best dev micro-F1 {summary['best_dev_micro_f1']:.4f} at epoch "

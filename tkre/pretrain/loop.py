@@ -129,7 +129,7 @@ def train_loop(config: dict) -> None:
 
     cfg = from_dict(PretrainConfig, config["cfg"])
     stage, relations = config["stage"], config["relations"]
-    worker_threads(cfg.train.cpus_per_worker)
+    worker_threads()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.train_seed)

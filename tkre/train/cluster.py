@@ -36,8 +36,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker_threads(cpus_per_worker: float) -> None:
+def worker_cpus(cpus_per_worker: float | None, num_workers: int,
+                address: str | None = None) -> float:
+    """The CPUs each training worker reserves: as configured, else on a local cluster this
+    machine's cores split over the workers (a plain loop would use them all), else 1."""
+    if cpus_per_worker:
+        return float(cpus_per_worker)
+    if address or os.environ.get("RAY_ADDRESS"):
+        return 1.0
+    return float(max(1, (os.cpu_count() or 1) // num_workers))
+
+
+def worker_threads() -> None:
     """Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker reserved."""
+    import ray
     import torch
 
-    torch.set_num_threads(max(1, int(cpus_per_worker)))
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))

@@ -17,7 +17,7 @@ from typing import Any
 
 from tkre import layout, storage
 from tkre.config import TrainConfig
-from tkre.train.cluster import init_ray
+from tkre.train.cluster import init_ray, worker_cpus
 
 
 def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], train: TrainConfig,
@@ -36,7 +36,8 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], train: TrainC
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": train.cpus_per_worker,
+            resources_per_worker={"CPU": worker_cpus(train.cpus_per_worker,
+                                                     train.num_workers, train.ray_address),
                                   **({"GPU": 1} if train.use_gpu else {})}),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
