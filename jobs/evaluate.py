@@ -7,6 +7,8 @@
 Writes ROOT/eval/metrics.json: micro_f1 (every label but the no-relation one, TACRED
 convention), per_relation precision/recall/F1, semeval_macro_f1 (SemEval's official score) for
 SemEval; and ROOT/eval/confusion.png. The data flags must match the ones fine-tuning used.
+Then fits the model's no-relation threshold for raw text on the dev set and writes it, with the
+relation types, to ROOT/finetune/model/text_extraction.json (tkre.extract.thresholds).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 
 from tkre.cli import run_job
 from tkre.config import EvaluateConfig
-from tkre.finetune.evaluate import run_evaluate
+from tkre.extract.thresholds import evaluate_and_fit
 
 if __name__ == "__main__":
-    sys.exit(run_job(EvaluateConfig, run_evaluate, description=__doc__))
+    sys.exit(run_job(EvaluateConfig, evaluate_and_fit, description=__doc__))

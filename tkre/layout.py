@@ -11,6 +11,8 @@ A run lives under one root, a local folder or `s3://bucket/prefix`:
     ROOT/pretrain/{mslm,scl}/model/, metrics.json        exported encoder; complete
     ROOT/finetune/                                       Ray Train run (checkpoints)
     ROOT/finetune/model/, metrics.json                   the classifier; complete
+    ROOT/finetune/model/text_extraction.json             its no-relation threshold (dev set)
+                                                         and relation types, for raw text
     ROOT/eval/metrics.json, predictions.parquet, confusion.png   test-set scores
     ROOT/extract/relations/<name>.json                   run-time relations
     ROOT/extract/calibration.json, fewshot_metrics.json  prototype calibration
@@ -35,6 +37,10 @@ SPLITS = ("train", "dev", "test")
 PRETRAIN_STAGES = ("mslm", "scl")
 # the file a trained classifier folder always holds (written by finetune.model.save_classifier)
 MODEL_META_FILE = "tkre_model.json"
+# the K-shot train + dev sentences' pair embeddings in a classifier folder: what run-time
+# relations are held against (written at export; tkre.extract.references)
+MODEL_REFERENCE_FILE = "reference.safetensors"
+TEXT_EXTRACTION_FILE = "text_extraction.json"
 # which job writes each stage's artifacts (named in the error when they are missing)
 WRITERS = {"data": "jobs/finetune.py or jobs/generate.py", "knowledge": "jobs/generate.py",
            "mslm": "jobs/pretrain.py --stage mslm", "scl": "jobs/pretrain.py --stage scl",
@@ -148,6 +154,13 @@ def confusion_plot(root: str) -> str:
 
 
 # --- extraction --------------------------------------------------------------------------
+
+def text_extraction(model_dir: str) -> str:
+    """A trained model folder's raw-text settings (no-relation threshold fitted on the dev set,
+    relation types), written into the folder (finetune_model(root)) at evaluate time by
+    tkre.extract.thresholds, so a re-exported model never carries a stale one."""
+    return storage.join(model_dir, TEXT_EXTRACTION_FILE)
+
 
 def relations_dir(root: str) -> str:
     return storage.join(root, "extract", "relations")

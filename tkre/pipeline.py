@@ -60,7 +60,7 @@ Runner = Callable[[datasets.Splits], object]
 
 def stage_runners(cfg: PipelineConfig) -> dict[str, Runner]:
     """stage -> run it on the prepared splits. Configs are built (and validated) up front."""
-    from tkre.finetune.evaluate import run_evaluate
+    from tkre.extract.thresholds import evaluate_and_fit
     from tkre.finetune.run import run_finetune
     from tkre.knowledge.job import run_generate
     from tkre.pretrain.run import run_pretrain
@@ -76,7 +76,7 @@ def stage_runners(cfg: PipelineConfig) -> dict[str, Runner]:
         "mslm": lambda splits: run_pretrain(mslm, splits),
         "scl": lambda splits: run_pretrain(scl, splits),
         "finetune": lambda splits: run_finetune(finetune, splits),
-        "evaluate": lambda splits: run_evaluate(evaluate, splits),
+        "evaluate": lambda splits: evaluate_and_fit(evaluate, splits),
     }
 
 

@@ -270,12 +270,12 @@ def test_readme_curl_commands(service: Service):
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     commands = re.findall(r"^curl -s 127\.0\.0\.1:8000(\S+) .*? -d '(.*)'$", readme, flags=re.M)
-    assert [path for path, _ in commands] == ["/v1/extract", "/v1/relations"]
+    assert [path for path, _ in commands] == ["/v1/extract", "/v1/extract", "/v1/relations"]
     service.deploy()
     for path, body in commands:
         answer = service.post(path, json.loads(body))
         assert answer.ok, (path, answer.status_code, answer.text)
-    registered = json.loads(commands[1][1])["name"]
+    registered = json.loads(commands[-1][1])["name"]
     assert registered in [r["name"] for r in requests.get(
         service.url + "/v1/relations", timeout=30).json()["relations"]]
     assert requests.delete(f"{service.url}/v1/relations/{registered}", timeout=30).ok

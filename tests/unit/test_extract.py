@@ -33,13 +33,14 @@ def item(text=TEXT, head=(0, 10), tail=(23, 28), **extra) -> dict:
             "tail": {"start": tail[0], "end": tail[1]}, **extra}
 
 
-def make_model_root(root: Path, encoder_dir: Path) -> Path:
+def make_model_root(root: Path, encoder_dir: Path, labels: list[str] = LABELS,
+                    typed: bool = True) -> Path:
     """ROOT/finetune/model with a tiny random encoder and head (what jobs/finetune.py writes)."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    model = RelationClassifier(load_encoder(encoder_dir), len(LABELS))
-    meta = ModelMeta(labels=LABELS, no_relation="no_relation", typed_markers=True,
+    model = RelationClassifier(load_encoder(encoder_dir), len(labels))
+    meta = ModelMeta(labels=labels, no_relation="no_relation", typed_markers=typed,
                      max_length=64, encoder_source=str(encoder_dir))
     save_classifier(model, AutoTokenizer.from_pretrained(encoder_dir), meta,
                     root / "finetune" / "model")
@@ -222,7 +223,8 @@ def test_registered_relation_competes_with_trained_labels(root: Path):
                                                        head=(0, 10), tail=(23, 27))],
                               description="person -> birthplace")
     assert info == {"name": "born_in", "kind": "registered", "description":
-                    "person -> birthplace", "examples": 2, "no_relation": False}
+                    "person -> birthplace", "examples": 2, "no_relation": False,
+                    "margin_threshold": None}  # the tiny root has no reference sentences
     # the query is one of the examples: cosine to the prototype is high, so q beats softmax
     (result,) = extractor.extract([item()], top_k=4)
     assert result["relation"] == "born_in"
@@ -394,3 +396,224 @@ def test_s3_root_model_download_and_shared_registry(model_root: Path, bucket: st
     assert second.unregister("born_in")
     assert not storage.exists(storage.join(root, "extract", "relations", "born_in.json"))
     assert [r["kind"] for r in first.relations()] == ["trained"] * len(LABELS)
+
+
+# --- raw text -> triples ----------------------------------------------------------------------
+
+STORY = ("Amara Nwosu practices medicine in Nigeria, where she has lived since 1998.  "
+         "Felix Drummond was turned down by Halvard College.\n")
+NO_RELATION_TEXT = "Felix Drummond was turned down by Halvard College."
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder-text"))
+
+
+def never_no_relation(extractor: Extractor) -> Extractor:
+    """The tiny model with its no-relation logit pushed down: every pair gets a relation."""
+    with torch.no_grad():
+        extractor.model.head[-1].bias[LABELS.index("no_relation")] = -30.0
+    return extractor
+
+
+def check_triples(text: str, found: list[dict]) -> None:
+    for triple in found:
+        assert set(triple) == {"head", "tail", "relation", "score", "sentence"}
+        for role in ("head", "tail"):
+            arg = triple[role]
+            assert set(arg) == {"text", "start", "end", "type"}
+            assert text[arg["start"]:arg["end"]] == arg["text"] and arg["text"].strip()
+
+
+def test_extract_text_gives_triples_with_offsets_into_the_text(root: Path):
+    extractor = never_no_relation(Extractor.load(str(root)))
+    found = extractor.extract_text(STORY)
+    check_triples(STORY, found)
+    second = STORY.index("Felix")
+    assert {t["sentence"] for t in found} == {0, 1}
+    assert all((t["head"]["start"] >= second) == (t["sentence"] == 1) for t in found)
+    pair = next(t for t in found if t["head"]["text"] == "Amara Nwosu"
+                and t["tail"]["text"] == "Nigeria")
+    assert pair["tail"]["type"] == "GPE"  # untyped data: the NER label (spaCy's guess)
+    assert pair["relation"] in LABELS[1:] and 0 < pair["score"] <= 1
+    # the batched form: the same triples, document by document
+    batched = extractor.extract_texts([STORY, "", "No names here.", STORY], batch_size=3)
+    assert [len(b) for b in batched] == [len(found), 0, 0, len(found)]
+    for got in (batched[0], batched[3]):
+        assert [{**t, "score": 0} for t in got] == [{**t, "score": 0} for t in found]
+        assert [t["score"] for t in got] == pytest.approx([t["score"] for t in found],
+                                                          abs=1e-5)
+    from tkre import Extractor as exported
+
+    assert exported is Extractor and Extractor.load(
+        str(root / "finetune" / "model")).registry is None  # a model folder loads too
+
+
+def test_types_of_a_typed_data_set_filter_and_label_the_pairs(root: Path):
+    """Demo-like schema: an NER label becomes the schema types it may stand for, and a pair is
+    scored once per (head, tail) type pair some relation allows."""
+    from tkre.extract.candidates import TypeFilter
+    from tkre.schema import RelationSchema
+
+    extractor = never_no_relation(Extractor.load(str(root)))
+    extractor.types = TypeFilter.from_schemas([
+        RelationSchema("per:city_of_birth", head_types=("person",), tail_types=("city",)),
+        RelationSchema("org:founded_by", head_types=("organization",),
+                       tail_types=("person",))])
+    text = "John Smith was born in Paris. Acme Corp was founded by John Smith."
+    plan, encoded = extractor.prepare_texts([text])
+    scored = {(c.head.text, c.head.type, c.tail.text, c.tail.type) for c in plan.candidates}
+    assert ("John Smith", "person", "Paris", "city") in scored
+    assert all((h, t) in {("person", "city"), ("organization", "person")}
+               for _, h, _, t in scored)
+    assert len(encoded) == len(plan.candidates)
+    found = extractor.extract_text(text, thresholds={"*": 0.0})
+    check_triples(text, found)
+    for t in found:
+        assert extractor.types.allows(t["relation"], t["head"]["type"], t["tail"]["type"])
+
+
+def test_a_long_document_is_read_by_sentence_and_offsets_map_back(root: Path):
+    """100 kB and more (several spaCy blocks), with paragraphs, odd spacing and non-ASCII
+    names: every triple's offsets point at its text in the original document. Most sentences
+    hold no candidate (pronouns only), so the model sees few pairs."""
+    extractor = never_no_relation(Extractor.load(str(root)))
+    named = ["Zoë Ångström was born in São Paulo in 1970.",
+             "Mr.  Ben Carter joined Acme Corp. in the U.S. last May."]
+    filler = "It rained and it rained again, so they stayed there. " * 20
+    paragraphs, i = [], 0
+    while sum(map(len, paragraphs)) < 100_000:
+        paragraphs.append(f"{filler}{named[i % 2]}\t{filler.strip()}")
+        i += 1
+    text = "\n\n".join(paragraphs)
+    assert len(text) >= 100_000 > extractor.candidate_config.block_chars * 4
+    found = extractor.extract_text(text)
+    check_triples(text, found)
+    heads = {t["head"]["text"] for t in found}
+    assert {"Zoë Ångström", "São Paulo", "Ben Carter"} <= heads
+    last = named[(i - 1) % 2]
+    assert found[-1]["head"]["start"] > text.rindex(last) - 1 > 99_000 - len(filler)
+    assert found[-1]["sentence"] > 40 * i  # every filler sentence counted
+    assert [t["sentence"] for t in found] == sorted(t["sentence"] for t in found)
+
+
+def test_thresholds_are_checked_and_applied(root: Path):
+    extractor = never_no_relation(Extractor.load(str(root)))
+    everything = extractor.extract_text(STORY)
+    relations = {t["relation"] for t in everything}
+    assert everything and extractor.extract_text(STORY, {"*": 1.0}) == []
+    dropped = sorted(relations)[0]
+    rest = extractor.extract_text(STORY, {dropped: 1.0})
+    assert rest == [t for t in everything if t["relation"] != dropped]
+    for bad, field in [({"born": 0.5}, "thresholds.born"), ({"*": 1.5}, "thresholds.*"),
+                       ({LABELS[1]: "0.5"}, f"thresholds.{LABELS[1]}"),
+                       ({LABELS[1]: True}, f"thresholds.{LABELS[1]}"), ([0.5], "thresholds")]:
+        with pytest.raises(DataError) as err:
+            extractor.extract_text(STORY, bad)
+        assert err.value.field == field, (bad, err.value)
+    extractor.register("born_in", [item()])  # a run-time relation takes a threshold too
+    assert "born_in" not in {t["relation"] for t in extractor.extract_text(STORY,
+                                                                          {"born_in": 1.0})}
+
+
+def test_best_threshold_maximises_dev_f1():
+    from tkre.extract.thresholds import best_threshold
+
+    # 2 positives: one right at 0.9, one wrong at 0.5; negatives kept at 0.7 and 0.3
+    kept = [(0.9, True), (0.7, False), (0.5, False), (0.3, False)]
+    threshold, f1, at_zero = best_threshold(kept, positives=2)
+    assert threshold == pytest.approx(0.8) and f1 == pytest.approx(2 / 3)
+    assert at_zero == pytest.approx(2 / (2 + 3 + 1))
+    assert best_threshold([(0.9, True), (0.8, True)], positives=2) == (0.0, 1.0, 1.0)
+    assert best_threshold([], positives=3) == (0.0, 0.0, 0.0)
+    # equal scores are kept or dropped together; a tie in F1 goes to the lower threshold
+    assert best_threshold([(0.6, True), (0.6, False), (0.2, True)], positives=2)[0] == 0.0
+
+
+def rule_model(labels: list[str], gold: tuple[str, str], hit: list[float], miss: list[float]):
+    """A stand-in for the classifier's forward pass: `hit` for the pair whose head and tail
+    start with the words `gold`, `miss` for every other pair (untyped markers)."""
+    def forward(self, tensors):
+        vocab = self.tokenizer.get_vocab()
+        ids, rows = tensors["input_ids"], torch.arange(len(tensors["input_ids"]))
+        is_gold = ((ids[rows, tensors["head_pos"] + 1] == vocab[gold[0]])
+                   & (ids[rows, tensors["tail_pos"] + 1] == vocab[gold[1]]))
+        probs = torch.where(is_gold[:, None], torch.tensor(hit), torch.tensor(miss))
+        return torch.zeros(len(ids), 4), probs
+
+    return forward
+
+
+def test_no_relation_threshold_fitted_on_dev_makes_unrelated_pairs_yield_nothing(
+        tiny_encoder: Path, tmp_path: Path, monkeypatch):
+    """A model trained without a no-relation label (FewRel-like) gives every pair a relation;
+    the threshold fitted on the dev set (gold pair vs. the other candidate pairs of the dev
+    sentences) keeps the related pair and drops the rest."""
+    from tkre import layout
+    from tkre.data.text import tokenize_with_offsets
+    from tkre.extract.candidates import CandidateFinder
+    from tkre.extract.thresholds import fit_text_settings
+    from tkre.schema import Instance, Span
+
+    labels = ["per:country_of_residence", "per:employee_of"]
+    root = make_model_root(tmp_path / "root", tiny_encoder, labels, typed=False)
+    monkeypatch.setattr(Extractor, "_forward",
+                        rule_model(labels, ("amara", "nigeria"), [0.9, 0.1], [0.6, 0.4]))
+    sentence = STORY.split("  ")[0]
+    tokens, _ = tokenize_with_offsets(sentence)
+    dev = [Instance("dev-1", tuple(tokens), Span(0, 2, ""), Span(5, 6, ""), labels[0])]
+    settings = fit_text_settings(str(root), dev, CandidateFinder())
+    assert settings["threshold"] == pytest.approx(0.75)  # halfway between 0.9 and 0.6
+    assert settings["fit"]["positives"] == 1 and settings["fit"]["candidate_pairs"] >= 4
+    assert settings["fit"]["dev_micro_f1"] == 1.0 > settings["fit"][
+        "dev_micro_f1_without_threshold"]
+    stored = storage.read_json(layout.text_extraction(layout.finetune_model(str(root))))
+    assert stored == settings
+    extractor = Extractor.load(str(root))
+    assert extractor.no_relation_threshold == pytest.approx(0.75)
+    [triple] = extractor.extract_text(STORY)
+    assert (triple["head"]["text"], triple["tail"]["text"], triple["relation"]) == (
+        "Amara Nwosu", "Nigeria", labels[0])
+    assert extractor.extract_text(NO_RELATION_TEXT) == []
+    assert len(extractor.extract_text(NO_RELATION_TEXT, {"*": 0.0})) >= 2  # without it
+
+
+def test_a_no_relation_label_yields_nothing(tiny_encoder: Path, tmp_path: Path, monkeypatch):
+    root = make_model_root(tmp_path / "root", tiny_encoder, typed=False)
+    monkeypatch.setattr(Extractor, "_forward",
+                        rule_model(LABELS, ("amara", "nigeria"), [0.05, 0.9, 0.05],
+                                   [0.8, 0.1, 0.1]))
+    extractor = Extractor.load(str(root))
+    assert extractor.extract_text(NO_RELATION_TEXT, {"*": 0.0}) == []
+    [triple] = extractor.extract_text(STORY, {"*": 0.0})
+    assert (triple["head"]["text"], triple["relation"], triple["score"]) == (
+        "Amara Nwosu", LABELS[1], pytest.approx(0.9))
+
+
+def test_evaluation_fits_the_text_settings_on_the_demo_dev_set(tiny_encoder: Path,
+                                                                tmp_path: Path):
+    """jobs/evaluate.py's path: test-set metrics, then text_extraction.json in the model
+    folder, with the demo's relation types and a threshold fitted on its dev split."""
+    from tkre import layout
+    from tkre.config import DataConfig, EvaluateConfig
+    from tkre.data import datasets
+    from tkre.extract.thresholds import evaluate_and_fit
+
+    root = make_model_root(tmp_path / "root", tiny_encoder)
+    splits = datasets.prepare(DataConfig(k=4), str(root))
+    storage.write_json(layout.finetune_metrics(str(root)), {})
+    metrics = evaluate_and_fit(EvaluateConfig(root=str(root), data=DataConfig(k=4),
+                                              plot=False))
+    settings = storage.read_json(layout.text_extraction(layout.finetune_model(str(root))))
+    assert metrics["no_relation_threshold"] == settings["threshold"]
+    assert 0.0 <= settings["threshold"] <= 1.0
+    assert settings["relation_types"]["per:city_of_birth"] == {"head": ["person"],
+                                                              "tail": ["city"]}
+    assert "no_relation" not in settings["relation_types"]
+    fit = settings["fit"]
+    assert fit["positives"] == sum(i.relation in LABELS[1:] for i in splits.dev)
+    assert fit["no_relation_instances"] == sum(i.relation == "no_relation" for i in splits.dev)
+    assert fit["candidate_pairs"] > 0 and fit["candidates"]["model_version"] == "3.8.0"
+    extractor = Extractor.load(str(root))
+    assert extractor.types.typed and extractor.no_relation_threshold == settings["threshold"]

@@ -122,6 +122,33 @@ HOSTILE = [
             ("'examples'", "max_examples", "64")),
     Hostile("example-too-long", RELATIONS, _register(examples=[item(text=TEXT + " x" * 1000)]),
             422, ("'examples[0].text'", "max_example_chars", "2000")),
+    # raw text
+    Hostile("items-and-text", EXTRACT, {"items": [item()], "text": TEXT}, 422,
+            ("'body'", "exactly one of items, text or documents")),
+    Hostile("no-input", EXTRACT, {"top_k": 3}, 422, ("'body'", "exactly one")),
+    Hostile("entities-without-text", EXTRACT, {"documents": [TEXT], "entities": [
+        {"start": 0, "end": 4}]}, 422, ("'entities'",)),
+    Hostile("thresholds-with-items", EXTRACT, {"items": [item()], "thresholds": {"*": 0.5}},
+            422, ("'thresholds'",)),
+    Hostile("unknown-threshold", EXTRACT, {"text": TEXT, "thresholds": {"born": 0.5}}, 422,
+            ("'thresholds.born'", "not a relation")),
+    Hostile("threshold-above-one", EXTRACT, {"text": TEXT, "thresholds": {"*": 2}}, 422,
+            ("'thresholds.*'", "between 0 and 1")),
+    Hostile("threshold-string", EXTRACT, {"text": TEXT, "thresholds": {"*": "0.5"}}, 422,
+            ("'thresholds.*",)),
+    Hostile("nan-threshold", EXTRACT, {"text": TEXT, "thresholds": {"*": NAN}}, 422,
+            ("'thresholds.*'", "NaN")),
+    Hostile("text-number", EXTRACT, {"text": 7}, 422, ("'text'",)),
+    Hostile("document-number", EXTRACT, {"documents": [TEXT, 3]}, 422, ("'documents[1]",)),
+    Hostile("text-entity-outside", EXTRACT, {"text": TEXT, "entities": [{"start": 5,
+                                                                         "end": 99}]},
+            422, ("'entities[0].start'", "inside the text")),
+    Hostile("document-entity-outside", EXTRACT, {"documents": [{"text": TEXT, "entities": [
+        {"start": 0, "end": 99}]}]}, 422, ("'documents[0].entities[0].start'",)),
+    Hostile("document-junk-field", EXTRACT, {"documents": [{"text": TEXT, "junk": 1}]}, 422,
+            ("'documents[0]",)),
+    Hostile("too-many-documents", EXTRACT, {"documents": ["a"] * 65}, 413,
+            ("'documents'", "max_documents", "64")),
     # relation names that are no file name
     Hostile("name-slash", RELATIONS, _register(name="a/b"), 422, ("'name'",)),
     Hostile("name-traversal", RELATIONS, _register(name="../../etc/x"), 422, ("'name'",)),
@@ -199,6 +226,8 @@ def test_good_requests_and_the_relation_limit(client: TestClient):
     assert third.status_code == 422 and "max_relations" in third.text, third.text
     again = client.post(RELATIONS, json=_register(name="born_in", description="replaced"))
     assert again.status_code == 201 and again.json()["description"] == "replaced", again.text
+    listed = {r["name"]: r for r in client.get(RELATIONS).json()["relations"]}
+    assert "margin_threshold" in listed["born_in"]  # the gate's threshold is shown
     assert client.delete(RELATIONS + "/died_in").status_code == 200
     assert client.post(RELATIONS, json=_register(name="lives_in")).status_code == 201
     assert client.delete(RELATIONS + "/lives_in").status_code == 200
@@ -222,3 +251,69 @@ def test_config_and_readme_list_every_limit():
     assert config["applications"][0]["args"]["limits"] == asdict(DEFAULT_LIMITS)
     readme = (REPO / "README.md").read_text()
     assert [key for key in asdict(DEFAULT_LIMITS) if f"`{key}`" not in readme] == []
+
+
+# --- raw text -----------------------------------------------------------------------------
+
+STORY = ("Amara Nwosu practices medicine in Nigeria, where she has lived since 1998. "
+         "Felix Drummond was turned down by Halvard College.")
+
+
+@pytest.fixture
+def service(client: TestClient):
+    """The client's service, its no-relation logit pushed down (every pair gets a relation)
+    for the test and restored after."""
+    import ray.serve
+    import torch
+
+    served = ray.serve.get_replica_context().servable_object
+    bias = served.extractor.model.head[-1].bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias[LABELS.index("no_relation")] = -30.0
+    yield served
+    with torch.no_grad():
+        bias.copy_(saved)
+
+
+def test_text_and_documents_answer_the_python_triples(client: TestClient, service):
+    expected = service.extractor.extract_text(STORY)
+    assert expected
+    answer = client.post(EXTRACT, json={"text": STORY})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["skipped_pairs"] == 0
+    assert_same_triples(answer.json()["triples"], expected)
+    given = {"text": TEXT, "entities": [{"start": 0, "end": 10, "type": "person"},
+                                        {"start": 23, "end": 28}]}
+    answer = client.post(EXTRACT, json={"documents": [STORY, given, ""],
+                                        "thresholds": {"*": 0.0, LABELS[1]: 1.0}})
+    assert answer.status_code == 200, answer.text
+    first, second, empty = answer.json()["documents"]
+    assert_same_triples(first["triples"], service.extractor.extract_text(
+        STORY, {"*": 0.0, LABELS[1]: 1.0}))
+    assert {(t["head"]["text"], t["tail"]["text"]) for t in second["triples"]} <= {
+        ("John Smith", "Paris"), ("Paris", "John Smith")}
+    assert all(t["relation"] != LABELS[1] for t in first["triples"] + second["triples"])
+    assert empty == {"triples": [], "skipped_pairs": 0}
+
+
+def assert_same_triples(got: list[dict], expected: list[dict]) -> None:
+    """Equal but for float noise in the scores (the batches are padded differently)."""
+    assert [{**t, "score": 0} for t in got] == [{**t, "score": 0} for t in expected]
+    assert [t["score"] for t in got] == pytest.approx([t["score"] for t in expected], abs=1e-5)
+
+
+def test_text_past_a_limit_is_413_naming_it(client: TestClient, service, monkeypatch):
+    from tkre.extract.wire import RequestLimits
+
+    monkeypatch.setattr(service, "limits", RequestLimits(max_documents=1,
+                                                         max_document_chars=100,
+                                                         max_text_pairs=3))
+    for body, names in [
+            ({"documents": ["a", "b"]}, ("'documents'", "max_documents", "1")),
+            ({"text": STORY}, ("'text'", "has 125 characters", "max_document_chars", "100")),
+            ({"documents": [STORY[:74]]}, ("'documents'", "candidate pairs", "max_text_pairs"))]:
+        answer = client.post(EXTRACT, json=body)
+        assert answer.status_code == 413, answer.text
+        for name in names:
+            assert name in answer.text, (name, answer.text)

@@ -374,11 +374,32 @@ def accuracy_only(encoder, instances: list, settings: list[tuple[int, int]], epi
 
 
 def run_fewrel(cfg: BenchConfig, guard: Guard) -> dict[str, dict]:
-    """FewRel val_wiki relations as run-time relations, from the plain and pre-trained encoder."""
+    """FewRel val_wiki relations as run-time relations, from the plain and pre-trained encoder,
+    and ("openset") registered on the first draw's trained model."""
     out = {}
     for name, source in fewrel_encoders(cfg).items():
         result = guard(f"fewrel-{name}", lambda n=name, s=source: cached(
             cfg, f"fewrel-{n}", lambda: fewrel_accuracy(cfg, s)))
         if result is not None:
             out[name] = result
+    openset = guard("fewrel-openset", lambda: cached(cfg, "fewrel-openset",
+                                                     lambda: fewrel_openset(cfg)))
+    if openset is not None:
+        out["openset"] = openset
     return out
+
+
+def fewrel_openset(cfg: BenchConfig) -> dict:
+    """FewRel relations registered one at a time on the first draw's fine-tuned model (tkre's,
+    else finetune_only's): flip rate of its test sentences, recall of the relation's queries
+    (`tkre.bench.openset`)."""
+    from tkre.bench.openset import fewrel_relations, measure_openset
+
+    k, seed = cfg.draws()[0]
+    roots = [storage.join(draw_root(cfg, k, seed), v) for v in ("tkre", "finetune_only")]
+    root = next((r for r in roots if layout.finetune_done(r)), None)
+    if root is None:
+        raise FileNotFoundError(f"no fine-tuned model in {' or '.join(roots)}: the quality "
+                                "part makes it")
+    return measure_openset(root, fewrel_relations(cfg.fewrel_file),
+                           device="cuda" if cfg.use_gpu else "cpu")

@@ -138,6 +138,8 @@ def aggregate_fewrel(results: dict[str, dict]) -> dict:
     """{"5way1shot": {encoder: {accuracy, ci95, episodes}}} from evaluate_episodes results."""
     out: dict[str, dict] = {}
     for encoder, result in results.items():
+        if encoder == "openset":  # not an encoder: `aggregate_openset`
+            continue
         for row in result["settings"].values():
             key = f"{row['n_way']}way{row['k_shot']}shot"
             out.setdefault(key, {})[encoder] = {
@@ -145,6 +147,14 @@ def aggregate_fewrel(results: dict[str, dict]) -> dict:
                 "queries_per_relation": row["queries_per_relation"],
                 "source": result.get("encoder_source")}
     return out
+
+
+def aggregate_openset(result: dict | None) -> dict | None:
+    """The open-set unit (`tkre.bench.openset`) without its per-relation rows."""
+    if result is None:
+        return None
+    return {key: result.get(key) for key in ("root", "test_sentences", "flip_rate_target",
+                                              "references", "calibration", "by_k")}
 
 
 def comparison(ours: dict, baseline: dict, metric: str, what: str,
@@ -161,6 +171,7 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
     """speed.<name> rows from the speed units that are present."""
     out: dict[str, dict] = {}
     original = units.get("speed-generation-original")
+    one_at_a_time = units.get("speed-generation-hf-batch1")
     for backend in ("hf", "vllm"):
         ours = units.get(f"speed-generation-{backend}")
         if ours and original:
@@ -169,6 +180,16 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
                              "at a time (both end to end, model load included)")
             row["rows_per_s_ratio"] = ours["rows_per_s"] / original["rows_per_s"]
             out[f"generation_{backend}"] = row
+        if ours and one_at_a_time:
+            out[f"generation_{backend}_vs_batch1"] = comparison(
+                ours, one_at_a_time, "tokens_per_s", f"Ray Data {backend} backend vs our hf "
+                "backend at batch 1 (one prompt at a time), same requests, end to end")
+        if ours and ours.get("limit_s"):
+            out[f"generation_{backend}_flop_limit"] = comparison(
+                ours, ours, "limit_s", "FLOP limit of the requests (every prompt token "
+                "computed per request) at this machine's peak / wall time: the fraction of the "
+                "limit reached (above 1: shared prompts computed once)",
+                baseline_metric="wall_s")
     one, trainer = units.get("speed-pretrain-w1"), units.get("speed-pretrain-original")
     if one and trainer:
         out["pretraining"] = comparison(
@@ -186,6 +207,13 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
         out["pretraining_scaling"] = comparison(
             two, one, "samples_per_s", "our MSLM on 2 Ray Train workers vs 1 (same total CPUs "
             "or one GPU each)")
+    tuned, plain = units.get("speed-finetune-ours"), units.get("speed-finetune-plain")
+    if tuned and plain:
+        out["finetuning"] = comparison(
+            tuned, plain, "samples_per_s", "our fine-tuning epochs on Ray Train (training + "
+            "dev scoring + checkpoint when dev improves) vs a plain PyTorch loop (training + "
+            "dev scoring), same draw, model, batches and epochs; Ray Train's start-up and the "
+            "export are apart, in outside_epochs_s")
     served = units.get("speed-serving")
     if served:
         for batched, single in zip(served["batched"], served["per_request"], strict=True):
@@ -215,6 +243,7 @@ def build_report(settings: dict, machine: dict, data: str, quality_units: list[d
         "wall_s": wall_s, "errors": errors,
         "quality": {data: table, "paired_gain": paired_gains(quality_units, table),
                     "claims": claims, "fewrel": aggregate_fewrel(fewrel),
+                    "openset": aggregate_openset(fewrel.get("openset")),
                     "knowledge": knowledge, "units": units},
         "speed": aggregate_speed(speed_units),
     }
@@ -337,6 +366,30 @@ def fewrel_markdown(report: dict) -> list[str]:
     return lines
 
 
+def openset_markdown(report: dict) -> list[str]:
+    openset = report["quality"].get("openset")
+    if not openset:
+        return []
+    references = openset["references"] or {}
+    lines = ["## FewRel relations registered on the trained model", "",
+             f"Each FewRel relation registered alone from K examples on `{openset['root']}` "
+             f"({references.get('sentences', 'no')} reference sentences). Flip rate: share "
+             f"of its {openset['test_sentences']} test sentences (trained labels) whose "
+             f"prediction changes to the new relation (target at most "
+             f"{openset['flip_rate_target']:.0%} each); own recall: share of the relation's "
+             "held-out queries predicted as it; other new: share of the other FewRel "
+             "relations' queries predicted as it.", "",
+             "| K | relations | flip rate mean | flip rate max | own recall | other new |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    if not openset["by_k"]:
+        return lines[:3] + ["Not measured: every FewRel relation is a label of the model."]
+    for k, row in openset["by_k"].items():
+        lines.append(f"| {k} | {row['relations']} | {_f(row['flip_rate_mean'])} | "
+                     f"{_f(row['flip_rate_max'])} | {_f(row['own_recall_mean'])} | "
+                     f"{_f(row['other_new_rate_mean'])} |")
+    return lines
+
+
 def speed_markdown(report: dict) -> list[str]:
     s, rows = report["settings"], report["speed"]
     if not rows:
@@ -385,6 +438,7 @@ def markdown(report: dict, data: str) -> str:
                   "check the machinery; they are not the paper's comparison.", ""]
     lines += quality_markdown(report, data) + [""] + claims_markdown(report) + [""]
     lines += fewrel_markdown(report) + [""]
+    lines += openset_markdown(report) + [""]
     lines += speed_markdown(report)
     if report["errors"]:
         lines += ["", "## Units missing or failed", ""]

@@ -4,6 +4,11 @@ A request goes route -> `Extractor.prepare` (parse, check, encode) -> the `@serv
 method -> `Extractor.predict` (one forward pass for the pairs of concurrent requests) ->
 `Extractor.results`; the deployment adds HTTP, batching and counters, nothing of extraction.
 
+POST /v1/extract takes `items` (given entity pairs: a relation ranking each), or raw text,
+`text` or `documents` (spaCy's candidates, or the caller's `entities`: triples with character
+offsets, `Extractor.prepare_texts` -> the same batch -> `Extractor.text_results`; spaCy runs in
+a worker thread and is loaded when the replica starts).
+
 Routes: POST /v1/extract, GET|POST /v1/relations, DELETE /v1/relations/{name}, GET /v1/model,
 GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
 
@@ -19,7 +24,7 @@ GET /healthz; the OpenAPI schema at /openapi.json, its UI at /docs.
   `limits.max_body_bytes` far (413 past it) and must be UTF-8 JSON with finite numbers only
   (`wire.load_json`); integers are strict (no booleans, numeric strings or 2.0); every other size
   a request controls has a limit (`wire.RequestLimits`, `args.limits` in the config) whose
-  name and value the 422 gives.
+  name and value the 422 gives (413 for the raw-text limits: nothing is truncated).
 - API key: when $TKRE_API_KEY is set in the replica's environment, every route but /healthz
   needs `X-API-Key: <key>` or `Authorization: Bearer <key>`, else 401.
 - Retries: /v1/extract is idempotent, so clients may retry 503 and 5xx with backoff.
@@ -31,22 +36,33 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib.util import find_spec
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from ray import serve
 
+from tkre.extract.candidates import CandidateConfig
 from tkre.extract.extractor import Extractor, TrainedLabelError
-from tkre.extract.wire import Prediction, RequestLimits, limits_from, load_json, over_limit
+from tkre.extract.wire import (
+    Prediction,
+    RequestLimits,
+    TooLarge,
+    limits_from,
+    load_json,
+    over_limit,
+)
 from tkre.finetune.markers import Encoded
+from tkre.resources import ResourceError
 from tkre.schema import DataError
 
 ROOT_ENV = "TKRE_ROOT"
@@ -54,6 +70,7 @@ API_KEY_ENV = "TKRE_API_KEY"
 OPEN_PATHS = {"/healthz"}
 REPLICA_HEADER = "X-Tkre-Replica"
 MAX_ERRORS = 20  # validation errors listed in one 422
+log = logging.getLogger(__name__)
 
 
 # --- the wire format -----------------------------------------------------------------------
@@ -80,9 +97,26 @@ class Item(_Strict):
     entities: list[Entity] | None = None
 
 
+class TextDocument(_Strict):
+    """A raw text; its candidate entities are spaCy's unless `entities` gives them."""
+
+    text: str
+    entities: list[Entity] | None = Field(None, description="character offsets, end exclusive")
+
+
 class ExtractRequest(_Strict):
-    items: list[Item]
-    top_k: StrictInt = Field(3, description="ranked relations returned per pair")
+    """Exactly one of `items` (given entity pairs), `text` or `documents` (raw text: every
+    candidate pair of every sentence, triples back)."""
+
+    items: list[Item] | None = None
+    top_k: StrictInt = Field(3, description="ranked relations returned per pair (items)")
+    text: str | None = Field(None, description="one raw text")
+    entities: list[Entity] | None = Field(None, description="the entities of `text` (default: "
+                                                            "spaCy's entities and noun chunks)")
+    documents: list[str | TextDocument] | None = Field(None, description="raw texts")
+    thresholds: dict[str, StrictFloat | StrictInt] | None = Field(
+        None, description="raw text: the score a relation needs, per relation ('*': the "
+                          "others); default: the threshold fitted on the dev set")
 
 
 class Scored(BaseModel):
@@ -103,8 +137,31 @@ class Result(BaseModel):
     pairs: list[PairResult] | None = None
 
 
+class Argument(BaseModel):
+    text: str
+    start: int = Field(description="first character in the text")
+    end: int = Field(description="one past the last character (end exclusive)")
+    type: str | None
+
+
+class Triple(BaseModel):
+    head: Argument
+    tail: Argument
+    relation: str
+    score: float
+    sentence: int = Field(description="index of the sentence in its text, from 0")
+
+
+class DocumentResult(BaseModel):
+    triples: list[Triple]
+    skipped_pairs: int = Field(description="candidate pairs too far apart for the model")
+
+
 class ExtractResponse(BaseModel):
-    results: list[Result]
+    results: list[Result] | None = Field(None, description="items: one per item")
+    triples: list[Triple] | None = Field(None, description="text: its triples")
+    skipped_pairs: int | None = None
+    documents: list[DocumentResult] | None = Field(None, description="documents: one each")
 
 
 class RelationRequest(_Strict):
@@ -119,6 +176,9 @@ class RelationInfo(BaseModel):
     description: str
     examples: int | None
     no_relation: bool
+    margin_threshold: float | None = Field(
+        None, description="registered relations: how much closer a query must be to this "
+                          "relation's examples than to any trained label's reference sentence")
 
 
 class RelationList(BaseModel):
@@ -135,6 +195,9 @@ class AppArgs(_Strict):
     batching: bool = True
     device: str | None = None
     limits: dict[str, int] = Field(default_factory=dict)
+    candidates: dict[str, Any] = Field(
+        default_factory=dict, description="raw text: CandidateConfig fields (nominals, window, "
+                                          "block_chars, batch_size)")
 
 
 class CheckedRequest(Request):
@@ -253,6 +316,19 @@ def _client_errors(source: str = "body"):
         raise _http_error(err, source=source) from None
 
 
+def _check_form(body: ExtractRequest) -> None:
+    """Exactly one of items, text, documents; entities with text; thresholds with raw text."""
+    given = [name for name in ("items", "text", "documents") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise DataError("give exactly one of items, text or documents"
+                        + (f", not {' and '.join(given)}" if given else ""), field="body")
+    if body.entities is not None and body.text is None:
+        raise DataError("goes with text (an item gives its own entities; a document too)",
+                        field="entities")
+    if body.thresholds is not None and body.items is not None:
+        raise DataError("apply to text and documents only", field="thresholds")
+
+
 # --- the deployment ------------------------------------------------------------------------
 
 class ExtractorService:
@@ -265,6 +341,7 @@ class ExtractorService:
         if not root:
             raise ValueError(f"no model root: set the app's `root` argument or ${ROOT_ENV}")
         self.extractor = Extractor.from_root(root, cfg.device, refresh_s=cfg.registry_refresh_s)
+        self.extractor.candidate_config = CandidateConfig(**cfg.candidates)
         self.limits: RequestLimits = limits_from(cfg.limits)
         self.batching = cfg.batching
         self._predict_batch.set_max_batch_size(cfg.max_batch_size)
@@ -273,6 +350,11 @@ class ExtractorService:
                                "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
         self.stats = {"requests": 0, "batches": 0, "batched_pairs": 0, "largest_batch": 0}
         self.replica = serve.get_replica_context().replica_id.unique_id
+        if find_spec("spacy") is not None:  # raw text: load spaCy now, not on a request
+            try:
+                self.extractor.candidate_finder()
+            except ResourceError as err:
+                log.warning("raw-text requests will get 501: %s", err)
 
     # -- prediction
 
@@ -288,20 +370,60 @@ class ExtractorService:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(encoded))
         return await asyncio.to_thread(self._predict, encoded)
 
+    async def _predictions(self, encoded: list[Encoded]) -> list[Prediction]:
+        if self.batching:
+            return list(await asyncio.gather(*(self._predict_batch(e) for e in encoded)))
+        return await asyncio.to_thread(self._predict, encoded)
+
     @api.post("/v1/extract", response_model=ExtractResponse, response_model_exclude_none=True)
-    async def extract(self, body: ExtractRequest, response: Response) -> dict[str, Any]:
-        """The best relation, its score and the top k for each item (each pair of entities)."""
+    async def extract(self, body: ExtractRequest, response: Response) -> Any:
+        """Items: the best relation, its score and the top k for each item (each pair of
+        entities). Text or documents: the triples of every sentence (head, tail, relation,
+        score, sentence; character offsets into the text)."""
         response.headers[REPLICA_HEADER] = self.replica
         self.stats["requests"] += 1
+        with _client_errors():
+            _check_form(body)
+        if body.items is None:
+            return await self._extract_texts(body)
         with _client_errors():
             parsed, encoded = self.extractor.prepare(
                 [item.model_dump(exclude_none=True) for item in body.items], body.top_k,
                 self.limits)
-        if self.batching:
-            predictions = await asyncio.gather(*(self._predict_batch(e) for e in encoded))
+        predictions = await self._predictions(encoded)
+        return {"results": self.extractor.results(parsed, predictions, body.top_k)}
+
+    async def _extract_texts(self, body: ExtractRequest) -> JSONResponse:
+        """Raw text: spaCy and the pairing in a worker thread, the pairs through the batch.
+        The answer is built here (not by the response model) so that a null type stays."""
+        with _client_errors():
+            thresholds = self.extractor.check_thresholds(body.thresholds)
+        if body.text is not None:
+            where, texts = "text", [body.text]
+            entities = [None if body.entities is None else
+                        [e.model_dump() for e in body.entities]]
         else:
-            predictions = await asyncio.to_thread(self._predict, encoded)
-        return {"results": self.extractor.results(parsed, list(predictions), body.top_k)}
+            where = "documents"
+            texts = [d if isinstance(d, str) else d.text for d in body.documents or []]
+            entities = [None if isinstance(d, str) or d.entities is None else
+                        [e.model_dump() for e in d.entities] for d in body.documents or []]
+        try:
+            plan, encoded = await asyncio.to_thread(self.extractor.prepare_texts, texts,
+                                                    entities, self.limits, where)
+        except TooLarge as err:
+            raise _http_error(err, 413) from None
+        except DataError as err:
+            raise _http_error(err) from None
+        except ResourceError as err:
+            raise HTTPException(501, detail=str(err)) from None
+        found = self.extractor.text_results(plan, await self._predictions(encoded), thresholds)
+        headers = {REPLICA_HEADER: self.replica}
+        if body.text is not None:
+            return JSONResponse({"triples": found[0], "skipped_pairs": plan.skipped[0]},
+                                headers=headers)
+        return JSONResponse({"documents": [{"triples": t, "skipped_pairs": n} for t, n in
+                                           zip(found, plan.skipped, strict=True)]},
+                            headers=headers)
 
     # -- run-time relations
 
@@ -361,4 +483,5 @@ def app(args: dict[str, Any]) -> serve.Application:
     (checked here, so a misspelt argument or limit fails the deploy, not the replicas)."""
     checked = AppArgs.model_validate(args)
     limits_from(checked.limits)
+    CandidateConfig(**checked.candidates)
     return ExtractorDeployment.bind(checked.model_dump())

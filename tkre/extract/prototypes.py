@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tkre import layout, storage
-from tkre.finetune.markers import encode
-from tkre.finetune.model import length_batches, load_classifier, load_encoder, pair_embedding
+from tkre.finetune.model import embed_pairs, load_classifier, load_encoder
 from tkre.resources import resolve_model
 from tkre.schema import Instance
 
@@ -78,18 +77,10 @@ class PairEncoder:
         return cls(encoder, AutoTokenizer.from_pretrained(folder), False,
                    max_length or DEFAULT_MAX_LENGTH)
 
-    @torch.inference_mode()
     def embed(self, instances: Sequence[Instance], batch_size: int = 64) -> torch.Tensor:
         """[N, 2H] L2-normalised pair embeddings, in input order."""
-        encoded = [encode(self.tokenizer, inst, self.typed, self.max_length) for inst in instances]
-        device = next(self.encoder.parameters()).device
-        hidden = self.encoder.config.hidden_size
-        out = torch.empty(len(encoded), 2 * hidden)
-        for indices, tensors in length_batches(encoded, self.tokenizer.pad_token_id, batch_size):
-            tensors = {k: v.to(device) for k, v in tensors.items()}
-            pairs = pair_embedding(self.encoder, **tensors)
-            out[torch.tensor(indices)] = F.normalize(pairs.float(), dim=-1).cpu()
-        return out
+        return embed_pairs(self.encoder, self.tokenizer, instances, self.typed, self.max_length,
+                           batch_size)
 
 
 def fit_calibration(positives: Sequence[float], negatives: Sequence[float],

@@ -5,11 +5,15 @@ replica compares the folder's listing (mtime/size locally, ETags on S3) at most 
 `refresh_s` seconds and embeds the examples of new or changed files itself (a file this replica
 wrote itself is embedded once, when it is added). A name is a file name, so it must match
 NAME_PATTERN whole; files whose name does not are skipped.
+
+A file also keeps the relation's gate (`tkre.extract.references`: its margin threshold and the
+references it was set from); a replica whose references differ (another model) sets it again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -42,14 +46,19 @@ class Registered:
     description: str
     examples: list[Instance]
     prototype: torch.Tensor = field(repr=False)
+    gate: dict | None = None  # {"margin": threshold, ...}; None: no reference sentences
 
 
 class RelationRegistry:
     """The relations of one folder and their prototypes; thread-safe."""
 
     def __init__(self, folder: str, embed: Callable[[Sequence[Instance]], torch.Tensor],
-                 refresh_s: float = 1.0):
+                 refresh_s: float = 1.0,
+                 gate: Callable[[torch.Tensor, dict | None], dict | None] | None = None):
+        """`gate(prototype, stored gate or None)`: the gate to use (the stored one when it
+        still holds); without it relations have none."""
         self.folder, self.embed, self.refresh_s = folder, embed, refresh_s
+        self.gate = gate or (lambda prototype, stored: None)
         self._entries: dict[str, Registered] = {}
         self._versions: dict[str, Any] = {}
         self._checked = float("-inf")
@@ -98,15 +107,21 @@ class RelationRegistry:
         known = self._entries.get(name)
         if known and known.examples == examples and known.description == description:
             return known
-        return Registered(name, description, examples, prototype(self.embed(examples)))
+        vector = prototype(self.embed(examples))
+        return Registered(name, description, examples, vector,
+                          self.gate(vector, row.get("threshold")))
 
-    def snapshot(self) -> tuple[list[str], torch.Tensor | None]:
-        """The names, sorted, and their prototypes stacked [R, D] (None when there are none)."""
+    def snapshot(self) -> tuple[list[str], torch.Tensor | None, torch.Tensor | None]:
+        """The names, sorted, their prototypes stacked [R, D] and margin thresholds [R] (-inf:
+        no gate); None, None when there are none."""
         with self._lock:
             names = sorted(self._entries)
             if not names:
-                return [], None
-            return names, torch.stack([self._entries[n].prototype for n in names])
+                return [], None, None
+            entries = [self._entries[n] for n in names]
+            margins = [e.gate["margin"] if e.gate else -math.inf for e in entries]
+            return (names, torch.stack([e.prototype for e in entries]),
+                    torch.tensor(margins, dtype=torch.float32))
 
     def entries(self) -> list[Registered]:
         with self._lock:
@@ -115,10 +130,12 @@ class RelationRegistry:
     def add(self, name: str, description: str, examples: list[Instance]) -> Registered:
         """Embed the examples and write the relation's file (replacing one by that name)."""
         check_name(name)
-        entry = Registered(name, description, examples, prototype(self.embed(examples)))
+        vector = prototype(self.embed(examples))
+        entry = Registered(name, description, examples, vector, self.gate(vector, None))
         storage.write_json(storage.join(self.folder, f"{name}.json"), {
             "name": name, "description": description,
-            "examples": [e.to_dict() for e in examples], "created": time.time()})
+            "examples": [e.to_dict() for e in examples], "threshold": entry.gate,
+            "created": time.time()})
         with self._lock:
             self._entries[name] = entry
             self._versions.pop(f"{name}.json", None)  # learnt on refresh, not re-embedded

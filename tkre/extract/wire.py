@@ -9,6 +9,10 @@ head and a tail, or a list of `entities` that yields every ordered pair:
 
 The text and the entities are read by `tkre.data.readers.record_words` / `record_span`, the
 reader JSONL files go through too, so a sentence means the same in a file and in a request.
+Raw text (`{"text": ...}` or `{"documents": [...]}`, `Extractor.prepare_texts`) has limits
+of its own, `max_documents`, `max_document_chars` and `max_text_pairs`; past one the request is
+refused whole (`TooLarge`, a 413), never truncated.
+
 What only a request has lives here: its size limits, the `entities` form, the reading of a
 body (`load_json`: UTF-8 JSON with finite numbers only) and field names that say where in the
 request a bad value is ("items[2].head.start"). `parse_item` raises a DataError for a bad item,
@@ -46,6 +50,9 @@ class RequestLimits:
     max_description_chars: int = 2000
     max_relations: int = 256        # registered run-time relations, all replicas together
     max_body_bytes: int = 1 << 20   # bytes of a request body (413 past it)
+    max_documents: int = 64         # documents of a text request (413 past it)
+    max_document_chars: int = 1_000_000  # characters of one document (413 past it)
+    max_text_pairs: int = 50_000    # candidate pairs of a text request, type variants counted
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -73,6 +80,16 @@ def field_error(message: str, field: str) -> DataError:
 def over_limit(field: str, what: str, limit: str, limits: RequestLimits) -> DataError:
     """'field 'items': has 65 items; the limit is 64 (max_items)'."""
     return DataError(f"{what}; the limit is {getattr(limits, limit)} ({limit})", field=field)
+
+
+class TooLarge(DataError):
+    """A text request past one of its size limits: the service answers 413."""
+
+
+def too_large(field: str, what: str, limit: str, limits: RequestLimits) -> TooLarge:
+    """Like `over_limit`, for the limits of raw text (nothing is truncated: the request is
+    refused)."""
+    return TooLarge(f"{what}; the limit is {getattr(limits, limit)} ({limit})", field=field)
 
 
 # --- the request body ------------------------------------------------------------------------

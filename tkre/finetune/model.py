@@ -1,7 +1,9 @@
 """The relation classifier: encoder states at the two start markers, concatenated, into an MLP.
 
 Saved as a folder: `encoder/` (a plain transformers model + tokenizer, loadable on its own),
-`head.safetensors` and `tkre_model.json` (labels, no-relation label, marker format, max length).
+`head.safetensors`, `tkre_model.json` (labels, no-relation label, marker format, max length) and
+`reference.safetensors` (the normalised pair embeddings and labels of the K-shot train + dev
+sentences, which run-time relations are held against: `tkre.extract.references`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tkre.schema import Instance
 
 META_FILE = layout.MODEL_META_FILE  # its presence marks a complete model folder
 HEAD_FILE = "head.safetensors"
+REFERENCE_FILE = layout.MODEL_REFERENCE_FILE
 
 
 @dataclass
@@ -103,6 +106,20 @@ def length_batches(encoded: Sequence[Encoded], pad_id: int, batch_size: int
 
 
 @torch.inference_mode()
+def embed_pairs(encoder: nn.Module, tokenizer, instances: Sequence[Instance], typed: bool,
+                max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """[N, 2H] L2-normalised pair embeddings, in input order, on the CPU."""
+    encoded = [encode(tokenizer, inst, typed, max_length) for inst in instances]
+    device = next(encoder.parameters()).device
+    out = torch.empty(len(encoded), 2 * encoder.config.hidden_size)
+    for indices, tensors in length_batches(encoded, tokenizer.pad_token_id, batch_size):
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        pairs = pair_embedding(encoder, **tensors)
+        out[torch.tensor(indices)] = F.normalize(pairs.float(), dim=-1).cpu()
+    return out
+
+
+@torch.inference_mode()
 def predict_proba(model: RelationClassifier, tokenizer, meta: ModelMeta,
                   instances: list[Instance], batch_size: int = 64) -> torch.Tensor:
     """Class probabilities, one row per instance, in input order."""
@@ -118,15 +135,43 @@ def predict_proba(model: RelationClassifier, tokenizer, meta: ModelMeta,
     return probs
 
 
-def save_classifier(model: RelationClassifier, tokenizer, meta: ModelMeta, out_dir: str | Path
-                    ) -> None:
+def save_classifier(model: RelationClassifier, tokenizer, meta: ModelMeta, out_dir: str | Path,
+                    references: Sequence[Instance] = ()) -> None:
+    """The model folder; with `references` (sentences of the trained labels), their pair
+    embeddings too."""
     out = Path(out_dir)
     (out / "encoder").mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(out / "encoder")
     tokenizer.save_pretrained(out / "encoder")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
               str(out / HEAD_FILE))
+    if references:
+        save_references(model.encoder, tokenizer, meta, references, out)
     (out / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+
+
+def save_references(encoder: nn.Module, tokenizer, meta: ModelMeta,
+                    references: Sequence[Instance], out_dir: str | Path) -> None:
+    """REFERENCE_FILE: the references' normalised pair embeddings and label ids (those of
+    labels the model does not have are left out)."""
+    ids = meta.label_to_id
+    kept = [inst for inst in references if inst.relation in ids]
+    embeddings = embed_pairs(encoder.eval(), tokenizer, kept, meta.typed_markers,
+                             meta.max_length)
+    save_file({"embeddings": embeddings.contiguous(),
+               "label_ids": torch.tensor([ids[inst.relation] for inst in kept],
+                                         dtype=torch.long)},
+              str(Path(out_dir) / REFERENCE_FILE))
+
+
+def load_references(model_dir: str | Path, meta: ModelMeta
+                    ) -> tuple[torch.Tensor, list[str]] | None:
+    """(normalised embeddings [N, 2H], their labels) from REFERENCE_FILE; None without one."""
+    path = Path(model_dir) / REFERENCE_FILE
+    if not path.exists():
+        return None
+    tensors = load_file(str(path))
+    return tensors["embeddings"], [meta.labels[i] for i in tensors["label_ids"].tolist()]
 
 
 def load_classifier(model_dir: str | Path, device: str = "cpu"

@@ -57,7 +57,7 @@ def run_finetune(cfg: FinetuneConfig, splits: datasets.Splits | None = None) -> 
     best_checkpoint, best_metrics = max(
         result.best_checkpoints, key=lambda pair: (pair[1]["dev_micro_f1"], -pair[1]["epoch"]))
     model_dir = layout.finetune_model(cfg.root)
-    export(best_checkpoint, cfg, meta, encoder, model_dir)
+    export(best_checkpoint, cfg, meta, encoder, model_dir, splits.train + splits.dev)
     summary = {"train_gold": len(splits.train), "train_synthetic": len(synthetic),
                "train_label_counts": label_counts(train), "dev": len(splits.dev),
                "best_epoch": best_metrics["epoch"],
@@ -71,8 +71,10 @@ def run_finetune(cfg: FinetuneConfig, splits: datasets.Splits | None = None) -> 
     return summary
 
 
-def export(checkpoint, cfg: FinetuneConfig, meta: ModelMeta, encoder: str, target: str) -> None:
-    """Best checkpoint -> a self-contained model folder (encoder + head + label map)."""
+def export(checkpoint, cfg: FinetuneConfig, meta: ModelMeta, encoder: str, target: str,
+           references: list[Instance]) -> None:
+    """Best checkpoint -> a self-contained model folder (encoder + head + label map, and the
+    pair embeddings of `references`, the K-shot gold sentences, for run-time relations)."""
     local_encoder = str(storage.local_copy(encoder)) if storage.is_s3(encoder) else encoder
     tokenizer = AutoTokenizer.from_pretrained(local_encoder)
     model = RelationClassifier(load_encoder(local_encoder), len(meta.labels), meta.dropout)
@@ -80,5 +82,5 @@ def export(checkpoint, cfg: FinetuneConfig, meta: ModelMeta, encoder: str, targe
         state = full_state_dict(Path(folder), cfg.strategy, cfg.zero_stage)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     with tempfile.TemporaryDirectory() as staging:
-        save_classifier(model, tokenizer, meta, staging)
+        save_classifier(model, tokenizer, meta, staging, references)
         storage.replace_dir(staging, target)
