@@ -46,6 +46,9 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], train: TrainC
                 num_to_keep=train.num_to_keep, checkpoint_score_attribute=score,
                 checkpoint_score_order=score_order)),
     )
+    # Ray Train's own SIGINT handler swallows Ctrl-C into an abort that exits 1 without a word;
+    # without it Ctrl-C is a KeyboardInterrupt, which tkre.cli.run_job turns into a clean stop
+    trainer._register_sigint_handler = lambda controller: None
     started = time.perf_counter()
     result = trainer.fit()
     print(f"[{name}] Ray Train run finished in {time.perf_counter() - started:.1f} s")
