@@ -310,9 +310,9 @@ class GenerateConfig:
     accelerator_type: str | None = _help("GPU kind for the generator stage (e.g. H100)",
                                          default=None)
     max_model_len: int = _help("vLLM context length", default=2048)
-    dtype: str = _help("vLLM weights dtype: auto (on a GPU vLLM's choice; on a CPU bfloat16 "
-                       "with bf16 instructions, else float32), bfloat16, float16, float32",
-                       default="auto")
+    dtype: str = _help("generator dtype (vllm, hf): auto (on a GPU vLLM's choice, bf16 for "
+                       "hf; on a CPU bfloat16 with bf16 instructions, else float32), bfloat16, "
+                       "float16, float32", default="auto")
     http_url: str | None = _help(
         "OpenAI-compatible chat completions URL (backend http); default: $TKRE_LLM_URL",
         default=None)
@@ -868,3 +868,79 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str | N
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# --- batch extraction ----------------------------------------------------------------------
+
+@dataclass
+class ExtractJobConfig:
+    """Triples from a whole corpus: an actor pool of extractors on Ray Data, resumable."""
+
+    root: str = _help("run root (its finetune/model) or a trained model folder, local or "
+                      "s3://", default=DEFAULT_ROOT)
+    input: str | None = _help(
+        "a .jsonl (a JSON object a line, the text in --text-field), .parquet (a string column "
+        "--text-field) or .txt (a document a line) file, or a folder of them, local or s3://",
+        default=None)
+    output: str | None = _help(
+        "folder or s3:// prefix for triples/ and documents/ (Parquet, one file per block), "
+        "_job.json and _summary.json; the same command again resumes", default=None)
+    text_field: str = _help("the text's field (.jsonl) or column (.parquet)", default="text")
+    block_size: int = _help("documents per block: the unit of work, of output files and of "
+                            "what an interrupted run loses", default=1000)
+    batch_size: int = _help("candidate pairs per forward pass", default=64)
+    num_gpus: float = _help("GPUs per actor (0: CPU; a fraction shares a GPU)", default=0.0)
+    num_cpus: float = _help("CPUs per actor (and its torch threads)", default=1.0)
+    min_actors: int = _help("actors in the pool at least", default=1)
+    max_actors: int = _help("actors in the pool at most (the pool grows while blocks wait)",
+                            default=1)
+    thresholds: str | None = _help(
+        "score thresholds per relation, e.g. 'per:spouse=0.8,*=0.5' ('*': every other "
+        "relation); default: the threshold fitted on the dev set", default=None)
+    ray_address: str | None = _help("Ray cluster address; default: RAY_ADDRESS or local",
+                                    default=None)
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        _check(bool(self.input), "input", "is required: a .jsonl, .parquet or .txt file, or a "
+               "folder of them (e.g. tkre/data/demo/test.jsonl)")
+        _check(bool(self.output), "output", "is required: a folder or s3://bucket/prefix")
+        self.input, self.output = storage.absolute(self.input), storage.absolute(self.output)
+        _check(not _within(self.output, self.input), "output",
+               f"must not lie inside the input {self.input} (a re-run would read it as input)")
+        _check(bool(self.text_field), "text_field", "must not be empty")
+        for name in ("block_size", "batch_size", "min_actors"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_actors >= self.min_actors, "max_actors",
+               f"must be >= min_actors ({self.min_actors}), got {self.max_actors}")
+        _check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+        _check(self.num_cpus > 0, "num_cpus", "must be > 0")
+        self.threshold_map()
+
+    def threshold_map(self) -> dict[str, float] | None:
+        """--thresholds as {relation: threshold}; the relations are checked against the model
+        when the job starts."""
+        if self.thresholds is None:
+            return None
+        out = {}
+        for part in self.thresholds.split(","):
+            name, sep, value = part.strip().rpartition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0  # refused below
+            _check(bool(sep and name) and 0 <= number <= 1, "thresholds",
+                   f"must look like 'per:spouse=0.8,*=0.5' with thresholds in [0, 1], got "
+                   f"{part.strip()!r}")
+            out[name] = number
+        return out
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (both absolute, or both s3://)."""
+    if storage.is_s3(path) != storage.is_s3(folder):
+        return False
+    if storage.is_s3(path):
+        path, folder = storage.join(path), storage.join(folder)
+        return path == folder or path.startswith(folder + "/")
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))

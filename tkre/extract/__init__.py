@@ -11,6 +11,12 @@
                    chunks, or the caller's), type mapping, ordered pairs within a window
     triples.py     candidate pairs as Instances, and the decision that makes them triples
     thresholds.py  the no-relation threshold fitted on the dev set (after evaluation)
+    references.py  the trained labels' reference sentences and the margin gate that keeps a
+                   run-time relation off sentences it does not express
+    corpus.py      a corpus (.jsonl / .parquet / .txt, local or s3://) as documents with
+                   stable ids, cut into blocks
+    batch.py       jobs/extract.py: the extractor over a corpus on a Ray Data actor pool,
+                   Parquet per block, resumable
     extractor.py   `Extractor`: trained labels and run-time relations ranked together
                    (how the two combine is explained there)
     deployment.py  the Ray Serve deployment and its FastAPI routes (serve/app.py exposes it)
@@ -24,6 +30,14 @@
     Extractor.load("runs/demo").extract_text("Ada Lovelace was born in London.")  # triples
 """
 
-from tkre.extract.extractor import Extractor
-
 __all__ = ["Extractor"]
+
+
+def __getattr__(name: str) -> object:
+    # lazily: the batch job's driver and the config parsers import this package without
+    # needing torch
+    if name == "Extractor":
+        from tkre.extract.extractor import Extractor
+
+        return Extractor
+    raise AttributeError(f"module 'tkre.extract' has no attribute {name!r}")
