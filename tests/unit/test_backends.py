@@ -1,6 +1,7 @@
 """Backend choice and HTTP settings (the backends themselves run in tests/integration)."""
 
 import importlib.util
+import json
 
 import pytest
 
@@ -45,8 +46,12 @@ def test_vllm_dtype_is_float32_on_a_cpu_without_bf16_instructions(monkeypatch):
     assert backends.vllm_dtype(GenerateConfig()) == "float32"
     assert backends.vllm_dtype(GenerateConfig(num_gpus=1)) == "auto"
     assert backends.vllm_dtype(GenerateConfig(dtype="bfloat16")) == "bfloat16"
+    assert backends.hf_dtype("auto", gpu=False) == "float32"
+    assert backends.hf_dtype("auto", gpu=True) == "bfloat16"
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
     assert backends.vllm_dtype(GenerateConfig()) == "bfloat16"
+    assert backends.hf_dtype("auto", gpu=False) == "bfloat16"
+    assert backends.hf_dtype("float32", gpu=False) == "float32"
     with pytest.raises(ValueError, match="^dtype:"):
         GenerateConfig(dtype="int8")
 
@@ -87,3 +92,107 @@ def test_a_pass_without_constrained_requests_sends_no_constraint():
     assert all("structured_outputs" not in row["sampling_params"] for row in params)
     [free] = _rows([False], constrained_pass=True)
     assert free["sampling_params"]["structured_outputs"] == backends.ANY_TEXT
+
+
+def _requests(sizes: list[tuple[int, int]]) -> list[dict]:
+    """Requests of `chars`-long prompts (distinct unless equal) and `max_tokens` budgets."""
+    return [{"request_id": f"r{i}", "messages": json.dumps([{"role": "user",
+                                                             "content": "x" * chars}]),
+             "max_tokens": budget, "structured": False, "seed": i}
+            for i, (chars, budget) in enumerate(sizes)]
+
+
+def test_auto_on_a_cpu_picks_vllm_only_for_a_pass_big_enough(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    small = [(2800 + i, 192) for i in range(8)]  # 8 distinct ~700-token prompts
+    big = [(2800 + i, 192) for i in range(400)]
+    assert backends.choose_backend(GenerateConfig(), _requests(small)) == "hf"
+    assert backends.choose_backend(GenerateConfig(), _requests(big)) == "vllm"
+    # the decision follows the cost model: equal costs at the crossover
+    hf, vllm = backends.CPU_COSTS["hf"], backends.CPU_COSTS["vllm"]
+    prompt, budget = backends.pass_size(_requests(big))
+    assert vllm.seconds(prompt, budget) < hf.seconds(prompt, budget)
+    assert backends.pass_size(_requests([(40, 8), (40, 8)]))[0] == pytest.approx(
+        len(_requests([(40, 8)])[0]["messages"]) / backends.CHARS_PER_TOKEN)  # shared once
+    # overrides win, and without vllm installed auto stays on hf
+    assert backends.choose_backend(GenerateConfig(backend="hf"), _requests(big)) == "hf"
+    assert backends.choose_backend(GenerateConfig(backend="vllm"), _requests(small)) == "vllm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert backends.choose_backend(GenerateConfig(), _requests(big)) == "hf"
+
+
+def test_a_pass_goes_shortest_prompt_first_with_identical_prompts_together():
+    requests = _requests([(30, 8), (10, 8), (20, 8), (10, 8), (20, 8)])
+    requests[4]["messages"] = requests[4]["messages"].replace("x", "y")  # same length, other text
+    ordered = backends.order_requests(requests)
+    assert [r["request_id"] for r in ordered] == ["r1", "r3", "r2", "r4", "r0"]
+    assert sorted(map(id, ordered)) == sorted(map(id, requests))  # the rows themselves, ids kept
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    """HFGenerator on a tiny Llama whose weights are scaled up so that greedy answers depend on
+    the prompt (a freshly initialised one repeats one token)."""
+    import torch
+
+    from tests.tiny import make_tiny_causal_lm
+
+    folder = make_tiny_causal_lm(tmp_path_factory.mktemp("lm"))
+    gen = backends.HFGenerator(str(folder), temperature=0.0, top_p=1.0, threads=1,
+                               dtype="float32")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in gen.model.parameters():
+            param.normal_(0.0, 0.3)
+    return gen
+
+
+def test_hf_prefills_each_distinct_prompt_once_and_answers_as_one_at_a_time(generator):
+    import torch
+
+    texts = ["Born in Brennholm , Arvid", "The mayor proudly noted that Olivia Trent was born",
+             "Born in Brennholm , Arvid"]
+    messages = [json.dumps([{"role": "user", "content": t}]) for t in texts]
+    batch = {backends.ID: ["a", "b", "c"], "messages": messages, "max_tokens": [10, 6, 10],
+             "seed": [0, 0, 0], "structured": [False] * 3}
+    before = generator.prefilled_tokens
+    out = generator(batch)
+    prompts = [generator.encode(m) for m in messages]
+    assert out["num_prompt_tokens"] == [len(p) for p in prompts]
+    assert generator.prefilled_tokens - before == len(prompts[0]) - 1 + len(prompts[1]) - 1
+    expected = []
+    for prompt, limit in zip(prompts, [10, 6, 10], strict=True):
+        ids = torch.tensor([prompt])
+        row = generator.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=limit, do_sample=False,
+                                       pad_token_id=generator.tokenizer.pad_token_id)
+        expected.append(generator.tokenizer.decode(row[0, len(prompt):],
+                                                   skip_special_tokens=True))
+    assert out["generated_text"] == expected and len(set(expected)) == 2
+    assert out[backends.ID] == ["a", "b", "c"] and out["num_generated_tokens"] == [10, 6, 10]
+
+
+def test_a_json_row_stops_once_its_sample_object_is_complete(generator):
+    import torch
+
+    tok = generator.tokenizer
+    prompt = [5, 6, 7]  # the answer starts after the (padded) prompt's width
+
+    def stops(answer: str, json_row: bool = True) -> bool:
+        ids = torch.tensor([prompt + tok(answer, add_special_tokens=False)["input_ids"]])
+        return backends.JSONAnswerStop(tok, len(prompt), [json_row])(ids, None).tolist()[0]
+
+    sample = '{"sentence": "Ann joined Acme .", "head": "Ann"}'
+    assert stops(sample) and stops("Sure! " + sample)
+    assert not stops(sample[:-1])  # not closed yet
+    assert not stops('{"head": "Ann"}')  # no sentence: the filter would look further
+    assert not stops(sample, json_row=False)  # an explanation runs to its end
+    assert not backends.JSONAnswerStop(tok, 3, [False]).active
+
+
+def test_hf_cpu_threads_sleep_at_barriers_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert backends._hf_env(GenerateConfig()) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert backends._hf_env(GenerateConfig()) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert backends._hf_env(GenerateConfig(num_gpus=1)) == {}

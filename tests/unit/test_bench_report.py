@@ -55,6 +55,8 @@ def speed_units() -> dict:
         "speed-pretrain-w2": {"samples_per_s": 12.0},
         "speed-pretrain-step-ours": {"samples_per_s": 30.0},
         "speed-pretrain-step-original": {"samples_per_s": 9.0, "steady_samples_per_s": 10.0},
+        "speed-finetune-ours": {"samples_per_s": 18.0, "outside_epochs_s": 25.0},
+        "speed-finetune-plain": {"samples_per_s": 24.0},
         "speed-serving": {
             "batched": [row | {"concurrency": c, "throughput_rps": 10.0 * c, "p50_ms": 5.0,
                                "p99_ms": 9.0} for c in (1, 8, 32)],
@@ -98,7 +100,8 @@ def test_fewrel_keys_are_nway_kshot_then_encoder():
 def test_speed_ratios_are_ours_over_baseline_with_both_figures():
     rows = aggregate_speed(speed_units())
     assert set(rows) == {"generation_hf", "generation_vllm", "pretraining", "pretraining_scaling",
-                         "pretraining_step", "serving_c1", "serving_c8", "serving_c32", "flops"}
+                         "pretraining_step", "finetuning", "serving_c1", "serving_c8",
+                         "serving_c32", "flops"}
     assert rows["generation_hf"]["ratio"] == pytest.approx(1.6)  # faster: above 1
     assert rows["generation_vllm"]["ratio"] == pytest.approx(0.5)  # slower: below 1
     assert rows["generation_hf"]["rows_per_s_ratio"] == pytest.approx(2.0)
@@ -106,6 +109,7 @@ def test_speed_ratios_are_ours_over_baseline_with_both_figures():
     assert rows["pretraining_scaling"]["ratio"] == pytest.approx(1.5)
     # the step comparison sets our timed steps against the Trainer's steps after warm-up
     assert rows["pretraining_step"]["ratio"] == pytest.approx(3.0)
+    assert rows["finetuning"]["ratio"] == pytest.approx(0.75)  # ours over the plain loop
     assert rows["serving_c32"]["ratio"] == pytest.approx(32.0)
     assert rows["serving_c32"]["baseline"]["p99_ms"] == pytest.approx(288.0)
     assert rows["flops"]["ratio"] == pytest.approx(0.25)
@@ -281,3 +285,18 @@ def test_units_are_keyed_by_the_settings_that_measured_them(tmp_path):
     assert unit_path(base, name) == unit_path(same, name)
     assert draw_root(base, 8, 42) != draw_root(longer, 8, 42)
     assert draw_root(base, 8, 42) == draw_root(same, 8, 42)
+
+
+def test_generation_rows_set_each_backend_beside_batch1_and_its_flop_limit():
+    units = speed_units() | {
+        "speed-generation-hf-batch1": {"rows_per_s": 0.2, "tokens_per_s": 4.0, "wall_s": 40.0,
+                                       "limit_s": 2.0},
+        "speed-generation-vllm": {"rows_per_s": 2.0, "tokens_per_s": 40.0, "wall_s": 10.0,
+                                  "limit_s": 6.0}}
+    rows = aggregate_speed(units)
+    assert rows["generation_vllm_vs_batch1"]["ratio"] == pytest.approx(10.0)
+    assert rows["generation_hf_vs_batch1"]["ratio"] == pytest.approx(4.0)
+    limit = rows["generation_vllm_flop_limit"]
+    assert limit["ratio"] == pytest.approx(0.6)  # limit_s / wall_s: the fraction reached
+    assert (limit["ours_value"], limit["baseline_value"]) == (6.0, 10.0)
+    assert "generation_hf_flop_limit" not in rows  # that unit has no limit (e.g. no peak)

@@ -154,3 +154,49 @@ def run_original_generation(model_dir: str, conversations: list[list[dict]],
     return {"rows": len(conversations), "tokens": tokens, "load_s": load_s,
             "generate_s": generate_s, "wall_s": wall, "rows_per_s": len(conversations) / wall,
             "tokens_per_s": tokens / wall, "tokens_per_s_excluding_load": tokens / generate_s}
+
+
+def run_plain_finetune(encoder_dir: str, train: list, dev: list, meta, epochs: int,
+                       batch_size: int, lr: float, weight_decay: float = 0.01,
+                       warmup_ratio: float = 0.1, eps: float = 1e-6, grad_clip: float = 1.0,
+                       seed: int = 42) -> dict:
+    """Fine-tune the same classifier with a plain PyTorch loop in this process: no Ray, no
+    checkpoints, the same encoding, batches, optimizer and schedule as ours, and the dev set
+    scored after every epoch (as ours does). Per-epoch wall times are what ours is set beside.
+    """
+    import math
+
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    from tkre.finetune.loop import dev_f1
+    from tkre.finetune.markers import encode
+    from tkre.finetune.model import RelationClassifier, collate, load_encoder
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    model = RelationClassifier(load_encoder(encoder_dir), len(meta.labels), meta.dropout)
+    encoded = [encode(tokenizer, inst, meta.typed_markers, meta.max_length) for inst in train]
+    label_ids = [meta.label_to_id[inst.relation] for inst in train]
+    steps = math.ceil(len(train) / batch_size) * epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    epoch_s, scores = [], []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+            seed * 1000 + epoch)).tolist()
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            _, loss = model(**collate([encoded[i] for i in rows], tokenizer.pad_token_id,
+                                      [label_ids[i] for i in rows]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        scores.append(dev_f1(model, tokenizer, meta, dev, 64))
+        epoch_s.append(time.perf_counter() - started)
+    return {"epochs": epochs, "train": len(train), "batch_size": batch_size,
+            "epoch_s": epoch_s, "samples_per_s": len(train) * epochs / sum(epoch_s),
+            "best_dev_micro_f1": max(scores), "threads": torch.get_num_threads()}

