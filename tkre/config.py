@@ -282,8 +282,8 @@ class GenerateConfig:
                        default="bundled-generator")
     backend: str = _help(
         "generation backend: vllm (ray.data.llm engines), hf (transformers in Ray Data "
-        "actors), http (an OpenAI-compatible endpoint), auto (vllm with --num-gpus, else hf: "
-        "the faster one on a CPU)",
+        "actors), http (an OpenAI-compatible endpoint), auto (vllm with --num-gpus; on a CPU, "
+        "per pass, the one predicted faster for its size: hf for small passes)",
         default="auto")
     explanations_per_relation: int = _help(
         "K-shot examples per relation that get an explanation (the paper: 6)", default=6)
