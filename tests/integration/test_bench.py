@@ -43,7 +43,7 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
         fewrel_file=str(write_fewrel(tmp_path / "fewrel.json")), fewrel_settings="5x1,5x5",
         fewrel_episodes=10, pretrain_steps=2, finetune_epochs=1, finetune_max_length=64,
         gen_speed_prompts=2, gen_speed_max_tokens=4, gen_speed_backends="hf",
-        pretrain_speed_steps=2, scaling_workers="1", serve_requests=6, serve_concurrency="1,4",
+        pretrain_speed_steps=2, finetune_speed_epochs=1, scaling_workers="1", serve_requests=6, serve_concurrency="1,4",
         flops_batch_size=2, flops_seq_len=16)
     # knowledge written directly: the LLM is not the point here (a random one accepts nothing)
     root, data = knowledge_root(cfg, 4, 1)
@@ -59,8 +59,10 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
         assert 0 <= row["micro_f1_mean"] <= 1 and row["micro_f1_std"] == 0.0
     for setting in ("5way1shot", "5way5shot"):
         assert set(saved["quality"]["fewrel"][setting]) == {"plain", "pretrained"}
-    assert set(saved["speed"]) == {"generation_hf", "pretraining", "pretraining_step",
-                                   "serving_c1", "serving_c4", "flops"}
+    assert set(saved["speed"]) == {"generation_hf", "generation_hf_vs_batch1",
+                                   "generation_hf_flop_limit", "pretraining",
+                                   "pretraining_step", "finetuning", "serving_c1",
+                                   "serving_c4", "flops"}
     for row in saved["speed"].values():
         assert row["ratio"] > 0
     for name in ("f1_vs_k.png", "speed_ratios.png", "report.md"):
