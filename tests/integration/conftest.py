@@ -94,6 +94,18 @@ def readme_shell_env() -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
 
 
+def submit(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`ray job submit ...` from the repository root, retried while the head's node agent has
+    not registered yet (a few seconds after the dashboard answers)."""
+    for _ in range(10):
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=900)
+        if "No available agent" not in result.stderr:
+            return result
+        time.sleep(3)
+    return result
+
+
 def wait_for(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -43,7 +43,8 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
         fewrel_file=str(write_fewrel(tmp_path / "fewrel.json")), fewrel_settings="5x1,5x5",
         fewrel_episodes=10, pretrain_steps=2, finetune_epochs=1, finetune_max_length=64,
         gen_speed_prompts=2, gen_speed_max_tokens=4, gen_speed_backends="hf",
-        pretrain_speed_steps=2, finetune_speed_epochs=1, scaling_workers="1", serve_requests=6, serve_concurrency="1,4",
+        pretrain_speed_steps=2, finetune_speed_epochs=1, scaling_workers="1",
+        serve_requests=6, serve_concurrency="1,4",
         flops_batch_size=2, flops_seq_len=16)
     # knowledge written directly: the LLM is not the point here (a random one accepts nothing)
     root, data = knowledge_root(cfg, 4, 1)

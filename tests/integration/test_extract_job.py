@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.conftest import submit
 from tests.tiny import make_tiny_encoder
 from tests.unit.test_extract import make_model_root
 
@@ -161,12 +162,7 @@ def test_readme_command_runs_under_ray_job_submit(ray_head, model_root: Path, tm
             .replace("--output runs/demo-triples", f"--output {out}"))
     command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
                "--working-dir", ".", "--", *shlex.split(line)]
-    for _ in range(10):  # the node's agent registers a few seconds after the dashboard
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=900)
-        if "No available agent" not in result.stderr:
-            break
-        time.sleep(3)
+    result = submit(command, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "succeeded" in result.stdout.lower() and "documents/s" in result.stdout
     check_output(str(out), {f"test.jsonl:{i}": text for i, text in enumerate(demo_texts(), 1)})

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.conftest import SUBMIT
+from tests.integration.conftest import SUBMIT, submit
 from tests.pretrain_fixtures import write_knowledge
 from tests.tiny import make_tiny_encoder
 from tkre.config import DataConfig
@@ -42,12 +39,7 @@ def test_ray_job_submit_pretrain(ray_head, tmp_path: Path):
     assert command[:3] == ["ray", "job", "submit"]
     assert command[-2:] == ["python", "jobs/pretrain.py"]
     command = [str(Path(sys.executable).parent / "ray"), *command[1:], "--config", str(config)]
-    for _ in range(10):  # the node's agent registers a few seconds after the dashboard
-        out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=900)
-        if "No available agent" not in out.stderr:
-            break
-        time.sleep(3)
+    out = submit(command, env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout.lower()
     # the job API agrees (to a request with the token only), and the artifacts are there

@@ -21,7 +21,6 @@ fine-tunes for the same number of optimizer steps (FinetuneConfig.budget "gold")
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -73,10 +72,9 @@ def data_config(cfg: BenchConfig, k: int, seed: int) -> DataConfig:
 
 
 def train_config(cfg: BenchConfig, workers: int = 1) -> TrainConfig:
-    cores = os.cpu_count() or 1
-    # on a CPU, a worker's torch threads follow its CPU share: give the one worker every core
+    # on a CPU the default share: the machine's cores split over the workers
     return TrainConfig(num_workers=workers, use_gpu=cfg.use_gpu,
-                       cpus_per_worker=8.0 if cfg.use_gpu else max(1.0, cores // workers))
+                       cpus_per_worker=8.0 if cfg.use_gpu else None)
 
 
 def generate_section(cfg: BenchConfig) -> dict:
