@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from tkre.data import readers
 from tkre.data.readers import (
     read_fewrel,
     read_instances,
@@ -524,3 +525,14 @@ def test_real_fewrel(shared_data: Path) -> None:
     assert len(relations) == 16
     assert all(sum(inst.relation == r for inst in instances) == 700 for r in relations)
     assert all(names[r][0] for r in relations)
+
+
+def test_semeval_descriptions_follow_direction() -> None:
+    # the label's (e1,e2) / (e2,e1) decides which role the head plays; Other has no meaning
+    forward = readers.semeval_description("Cause-Effect(e1,e2)")
+    backward = readers.semeval_description("Cause-Effect(e2,e1)")
+    assert "head entity is the cause and the tail entity is the effect" in forward
+    assert "head entity is the effect and the tail entity is the cause" in backward
+    assert readers.semeval_description("Other") == ""
+    assert readers.semeval_description("Made-Up(e1,e2)") == ""
+    assert all(readers.semeval_description(f"{name}(e2,e1)") for name in readers.SEMEVAL_RELATIONS)

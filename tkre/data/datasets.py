@@ -117,8 +117,10 @@ def _read_official(cfg: DataConfig, files: dict[str, Path]
     """(train pool, dev pool or None, test, relation descriptions) as the data set ships them;
     FewRel: (every instance, None, [], descriptions), split per relation by the caller."""
     if cfg.data == "semeval":
-        return (readers.read_semeval(files["train"]), None,
-                readers.read_semeval(files["test"]), {})
+        train, test = readers.read_semeval(files["train"]), readers.read_semeval(files["test"])
+        labels = sorted({inst.relation for inst in train + test})
+        return train, None, test, {label: readers.semeval_description(label) for label in labels
+                                   if readers.semeval_description(label)}
     if cfg.data == "tacred":
         return tuple(readers.read_tacred(files[name]) for name in SPLITS) + ({},)
     if cfg.data == "fewrel":

@@ -242,6 +242,34 @@ def read_semeval(path: PathLike) -> list[Instance]:
     return out
 
 
+# SemEval-2010 Task 8's nine relations as its guidelines define them: the label X-Y(e1,e2)
+# says e1 plays role X and e2 role Y, (e2,e1) the reverse. A small generator cannot read
+# "Cause-Effect(e2,e1)" on its own; these go into the knowledge prompts as the meaning.
+SEMEVAL_RELATIONS = {
+    "Cause-Effect": ("cause", "effect", "an event or object leads to an effect"),
+    "Instrument-Agency": ("instrument", "agent", "an agent uses an instrument"),
+    "Product-Producer": ("product", "producer", "a producer makes or brings about a product"),
+    "Content-Container": ("content", "container",
+                          "an object is physically kept inside a container"),
+    "Entity-Origin": ("entity", "origin",
+                      "an entity comes from, or is made from, an origin (a place or material)"),
+    "Entity-Destination": ("entity", "destination", "an entity moves towards a destination"),
+    "Component-Whole": ("component", "whole", "a component is a part of a larger whole"),
+    "Member-Collection": ("member", "collection", "a member belongs to a collection or group"),
+    "Message-Topic": ("message", "topic", "a written or spoken message is about a topic"),
+}
+
+
+def semeval_description(label: str) -> str:
+    """The meaning of a SemEval label in head/tail terms ("" for Other or an unknown label)."""
+    match = re.fullmatch(r"([A-Za-z-]+)\((e1,e2|e2,e1)\)", label)
+    if not match or match.group(1) not in SEMEVAL_RELATIONS:
+        return ""
+    first, second, gloss = SEMEVAL_RELATIONS[match.group(1)]
+    head, tail = (first, second) if match.group(2) == "e1,e2" else (second, first)
+    return f"{gloss}; the head entity is the {head} and the tail entity is the {tail}"
+
+
 def _semeval_block(lines: list[str], i: int, file: str, name: str) -> tuple[Instance, int]:
     """Parse the block starting at lines[i]; return it and the index after it."""
     match = _SEMEVAL_SENTENCE.match(lines[i])
