@@ -197,9 +197,10 @@ def run_generate(cfg: GenerateConfig, splits: datasets.Splits | None = None) -> 
         run_pass(cfg, ledger, (first if round_ == 0 else []) + requests, passes)
         accepted, verdicts = accepted_synthetic(ledger, cfg, splits.train, schemas)
         missing = missing_counts(accepted, relations, cfg.synthetic_per_relation)
-        print(f"[generate] after round {round_ + 1}/{cfg.max_rounds}: "
-              f"{sum(len(v) for v in accepted.values())} synthetic sentences accepted"
-              + (f"; still missing {missing}" if missing else ""), flush=True)
+        if cfg.synthetic_per_relation:  # SCDG off: there are no rounds to report
+            print(f"[generate] after round {round_ + 1}/{cfg.max_rounds}: "
+                  f"{sum(len(v) for v in accepted.values())} synthetic sentences accepted"
+                  + (f"; still missing {missing}" if missing else ""), flush=True)
         if not missing:
             break
     explanations, explanation_verdicts = accepted_explanations(ledger, splits.train)
