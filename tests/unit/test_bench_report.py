@@ -15,7 +15,7 @@ from tkre.bench.report import (
     mean_std,
     write_report,
 )
-from tkre.config import VARIANTS, BenchConfig, ConfigError
+from tkre.config import PARTS, VARIANTS, BenchConfig, ConfigError
 
 MACHINE = {"cpu": "Fake CPU", "cores": 2, "memory_gb": 24.0, "gpu": None, "gpus": 0,
            "torch_threads": 2, "python": "3.11", "load_average_1m": 1.0,
@@ -225,6 +225,12 @@ def test_the_cpu_preset_is_the_fair_comparison():
     assert cpu.max_test is None and cpu.verdicts and cpu.baseline_floor == 0.45
     assert set(cpu.repeat_variants.split(",")) == {"finetune_only", "tkre"}
     assert cpu.variants_for(8, 42) == list(VARIANTS)  # every ablation on one draw
+    # the comparison is quality only, unless parts are named; the other presets run every part
+    assert cpu.part_list == ["quality"]
+    assert BenchConfig(preset="cpu", parts="quality,serving").part_list == ["quality", "serving"]
+    assert BenchConfig(preset="quick").part_list == list(PARTS) == BenchConfig().part_list
+    # explanations only: the bundled generator's synthetic sentences cost the gain
+    assert cpu.synthetic_per_relation == 0 and cpu.pretrain_steps == 300
     # no preset shares anything across draws (each holds its draw's gold sentences)
     for preset in ("quick", "cpu", "full"):
         config = BenchConfig(preset=preset)
