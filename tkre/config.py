@@ -447,8 +447,8 @@ class FewshotEvalConfig:
 # explicitly wins over the preset, so `--quick --ks 8,16` keeps the quick sizes with two Ks.
 
 VARIANTS = ("finetune_only", "tkre", "no_edkg", "no_scdg", "no_mslm", "no_scl")
-PARTS = ("quality", "fewrel", "generation", "pretraining", "pretraining_step", "finetuning",
-         "serving", "flops")
+PARTS = ("quality", "fewrel", "text", "generation", "pretraining", "pretraining_step",
+         "finetuning", "serving", "flops")
 # parts measured without a Ray cluster (they run on a GPU machine that has no Ray)
 NO_RAY_PARTS = ("pretraining_step", "flops")
 
@@ -682,7 +682,8 @@ class BenchConfig:
                     and set(self.part_list) - {"flops"}), "data_dir",
                f"no SemEval folder: pass --data-dir or set ${DATA_ENV} (its "
                "semeval2010_task8/ subfolder is used)")
-        _check(not ("fewrel" in self.part_list and not self.fewrel_file), "fewrel_file",
+        _check(not ({"fewrel", "text"} & set(self.part_list) and not self.fewrel_file),
+               "fewrel_file",
                f"no FewRel file: pass --fewrel-file or set ${DATA_ENV} (its "
                "fewrel/val_wiki.json is used)")
 

@@ -63,9 +63,13 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
     assert set(saved["speed"]) == {"generation_hf", "generation_hf_vs_batch1",
                                    "generation_hf_flop_limit", "pretraining",
                                    "pretraining_step", "finetuning", "serving_c1",
-                                   "serving_c4", "flops"}
+                                   "serving_c4", "flops", "extract"}
     for row in saved["speed"].values():
         assert row["ratio"] > 0
+    # raw text: the demo test set without markers, FewRel sentences for candidates only
+    text = saved["quality"]["text"]
+    assert text["test"]["sentences"] == 40 and 0 <= text["test"]["pair_recall"] <= 1
+    assert text["fewrel"]["end_to_end_recall"] is None and text["fewrel"]["sentences"] > 0
     for name in ("f1_vs_k.png", "speed_ratios.png", "report.md"):
         assert (tmp_path / "bench" / "bench" / name).stat().st_size > 0
     units = sorted(p.name for p in (tmp_path / "bench" / "bench" / "units").iterdir())

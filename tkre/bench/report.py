@@ -214,6 +214,12 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
             "dev scoring + checkpoint when dev improves) vs a plain PyTorch loop (training + "
             "dev scoring), same draw, model, batches and epochs; Ray Train's start-up and the "
             "export are apart, in outside_epochs_s")
+    extract = units.get("speed-extract")
+    if extract:
+        out["extract"] = comparison(
+            extract["ours"], extract["plain"], "documents_per_s", "jobs/extract.py (Ray Data "
+            "actor pool, all pairs of a block batched, Ray start-up included) vs a plain loop "
+            "of Extractor.extract_text, one sentence at a time, model load included")
     served = units.get("speed-serving")
     if served:
         for batched, single in zip(served["batched"], served["per_request"], strict=True):
@@ -231,7 +237,7 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
 
 def build_report(settings: dict, machine: dict, data: str, quality_units: list[dict],
                  fewrel: dict[str, dict], speed_units: dict[str, dict], errors: dict,
-                 wall_s: float) -> dict:
+                 wall_s: float, text: dict[str, dict] | None = None) -> dict:
     knowledge = next((u["knowledge"] for u in quality_units if "knowledge" in u), None)
     table = aggregate_quality(quality_units)
     claims = check_claims(quality_units, table, settings.get("verdicts", True),
@@ -244,6 +250,7 @@ def build_report(settings: dict, machine: dict, data: str, quality_units: list[d
         "quality": {data: table, "paired_gain": paired_gains(quality_units, table),
                     "claims": claims, "fewrel": aggregate_fewrel(fewrel),
                     "openset": aggregate_openset(fewrel.get("openset")),
+                    "text": text or {},
                     "knowledge": knowledge, "units": units},
         "speed": aggregate_speed(speed_units),
     }
@@ -390,6 +397,25 @@ def openset_markdown(report: dict) -> list[str]:
     return lines
 
 
+def text_markdown(report: dict) -> list[str]:
+    rows = report["quality"].get("text") or {}
+    if not rows:
+        return []
+    lines = ["## Raw text: sentences without markers", "",
+             "Each sentence given as plain text; spaCy's mentions paired and scored by the "
+             "first draw's model with its fitted no-relation threshold (`tkre.bench.text`). "
+             "Pair recall: gold pairs among the candidates; end-to-end recall: gold pairs of a "
+             "relation emitted with the gold relation; silence: no-relation sentences whose "
+             "gold pair yields no triple.", "",
+             "| sentences | n | pair recall | end-to-end recall | triples / sentence | "
+             "no-relation silence |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows.values():
+        lines.append(f"| {row['source']} | {row['sentences']} | {_f(row['pair_recall'])} | "
+                     f"{_f(row['end_to_end_recall'])} | {_f(row['triples_per_sentence'], 2)} | "
+                     f"{_f(row['no_relation_silence'])} |")
+    return lines
+
+
 def speed_markdown(report: dict) -> list[str]:
     s, rows = report["settings"], report["speed"]
     if not rows:
@@ -439,6 +465,7 @@ def markdown(report: dict, data: str) -> str:
     lines += quality_markdown(report, data) + [""] + claims_markdown(report) + [""]
     lines += fewrel_markdown(report) + [""]
     lines += openset_markdown(report) + [""]
+    lines += text_markdown(report) + [""]
     lines += speed_markdown(report)
     if report["errors"]:
         lines += ["", "## Units missing or failed", ""]

@@ -7,7 +7,7 @@ import time
 import traceback
 
 from tkre import layout, storage
-from tkre.bench import quality, report, speed
+from tkre.bench import quality, report, speed, text
 from tkre.bench.units import NotMeasured, cached, machine
 from tkre.config import NO_RAY_PARTS, BenchConfig
 from tkre.pipeline import MemoryWatch
@@ -29,6 +29,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     errors: dict[str, str] = {}
     quality_units: list[dict] = []
     fewrel: dict[str, dict] = {}
+    texts: dict[str, dict] = {}
     speed_units: dict[str, dict] = {}
     with MemoryWatch() as watch:
         def guard(name, measure):
@@ -38,6 +39,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             quality_units = quality.run_quality(cfg, guard)
         if "fewrel" in cfg.part_list:
             fewrel = quality.run_fewrel(cfg, guard)
+        if "text" in cfg.part_list:
+            texts = text.run_text(cfg, guard)
         for name, measure in speed.measurements(cfg).items():
             result = guard(name, lambda n=name, m=measure: cached(cfg, n, m))
             if result is not None:
@@ -46,7 +49,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         host["peak_memory_growth_gb"] = round(watch.peak_growth_gb, 2)
         host["load_average_1m_end"] = os.getloadavg()[0]
     out = report.build_report(cfg.settings(), host, cfg.data, quality_units, fewrel,
-                              speed_units, errors, time.perf_counter() - started)
+                              speed_units, errors, time.perf_counter() - started, texts)
     paths = report.write_report(out, cfg.root, cfg.data)
     print(f"[bench] done in {out['wall_s']:.0f} s; report in {paths['markdown']}"
           + (f"; {len(errors)} unit(s) failed: {', '.join(errors)}" if errors else ""),

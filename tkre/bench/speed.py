@@ -277,6 +277,10 @@ def measurements(cfg: BenchConfig) -> dict:
     if "finetuning" in parts:
         out["speed-finetune-plain"] = lambda: finetuning_plain(cfg)
         out["speed-finetune-ours"] = lambda: finetuning_ours(cfg)
+    if "text" in parts:
+        from tkre.bench.text import text_speed
+
+        out["speed-extract"] = lambda: text_speed(cfg)
     if "serving" in parts:
         out["speed-serving"] = lambda: serving(cfg)
     if "flops" in parts:
