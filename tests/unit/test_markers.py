@@ -3,7 +3,7 @@
 import pytest
 
 from tests.tiny import make_tiny_encoder
-from tkre.finetune.markers import encode, mark_words
+from tkre.finetune.markers import encode, encode_many, mark_words
 from tkre.schema import Instance, Span
 
 INST = Instance(
@@ -65,3 +65,20 @@ def test_encode_refuses_entities_further_apart_than_max_length(tokenizer):
                    head=Span(0, 1, "Ann"), tail=Span(101, 102, "Bob"), relation="r")
     with pytest.raises(ValueError, match="instance far"):
         encode(tokenizer, far, typed=False, max_length=32)
+
+
+def test_encode_many_equals_encode_one_at_a_time(tokenizer):
+    # batched tokenisation (raw text's candidate pairs) gives exactly what `encode` gives, in
+    # order, across chunk boundaries, with None where `encode` refuses
+    filler = tuple(["the"] * 200)
+    long = Instance(id="long", tokens=filler + ("Ann", "met", "Bob") + filler,
+                    head=Span(200, 201, "Ann"), tail=Span(202, 203, "Bob"), relation="r")
+    far = Instance(id="far", tokens=("Ann",) + ("the",) * 100 + ("Bob",),
+                   head=Span(0, 1, "Ann"), tail=Span(101, 102, "Bob"), relation="r")
+    instances = [INST, long, far, INST, long]
+    for typed in (True, False):
+        many = encode_many(tokenizer, instances, typed, max_length=32, chunk=2)
+        assert many[2] is None
+        for inst, got in zip(instances, many, strict=True):
+            if got is not None:
+                assert got == encode(tokenizer, inst, typed, max_length=32)

@@ -97,7 +97,7 @@ from tkre.extract.wire import (
     parse_items,
     too_large,
 )
-from tkre.finetune.markers import Encoded, encode
+from tkre.finetune.markers import Encoded, encode, encode_many
 from tkre.finetune.model import length_batches, load_classifier, pair_embedding
 from tkre.schema import Instance, RelationSchema, derive_schemas
 
@@ -313,13 +313,13 @@ class Extractor:
         """Encode every candidate; those whose entities lie too far apart for the model are
         left out and counted per document (plan.skipped)."""
         kept, encoded = [], []
-        for candidate, inst in zip(plan.candidates, instances, strict=True):
-            try:
-                encoded.append(encode(self.tokenizer, inst, self.meta.typed_markers,
-                                      self.meta.max_length))
-            except ValueError:
+        every = encode_many(self.tokenizer, instances, self.meta.typed_markers,
+                            self.meta.max_length)
+        for candidate, one in zip(plan.candidates, every, strict=True):
+            if one is None:
                 plan.skipped[candidate.document] += 1
                 continue
+            encoded.append(one)
             kept.append(candidate)
         plan.candidates = kept
         return plan, encoded

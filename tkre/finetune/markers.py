@@ -75,8 +75,31 @@ def encode(tokenizer, inst: Instance, typed: bool, max_length: int) -> Encoded:
     """
     words, head_word, tail_word = mark_words(inst, typed)
     enc = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
-    prefix, body, suffix, head_pos, tail_pos = _frame(enc["input_ids"], enc.word_ids(),
-                                                      head_word, tail_word)
+    return _windowed(inst, enc["input_ids"], enc.word_ids(), head_word, tail_word, max_length)
+
+
+def encode_many(tokenizer, instances: Sequence[Instance], typed: bool, max_length: int,
+                chunk: int = 1024) -> list[Encoded | None]:
+    """`encode` for many instances, one tokenizer call per `chunk` of them; None where the two
+    entities lie too far apart (where `encode` raises)."""
+    out: list[Encoded | None] = []
+    for first in range(0, len(instances), chunk):
+        part = instances[first:first + chunk]
+        marked = [mark_words(inst, typed) for inst in part]
+        enc = tokenizer([words for words, _, _ in marked], is_split_into_words=True,
+                        add_special_tokens=True)
+        for i, (inst, (_, head_word, tail_word)) in enumerate(zip(part, marked, strict=True)):
+            try:
+                out.append(_windowed(inst, enc["input_ids"][i], enc.word_ids(i), head_word,
+                                     tail_word, max_length))
+            except ValueError:
+                out.append(None)
+    return out
+
+
+def _windowed(inst: Instance, ids: list[int], word_ids: list[int | None], head_word: int,
+              tail_word: int, max_length: int) -> Encoded:
+    prefix, body, suffix, head_pos, tail_pos = _frame(ids, word_ids, head_word, tail_word)
     budget = max_length - len(prefix) - len(suffix)
     start = 0
     if len(body) > budget:
