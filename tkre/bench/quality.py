@@ -393,11 +393,17 @@ def fewrel_openset(cfg: BenchConfig) -> dict:
     (`tkre.bench.openset`)."""
     from tkre.bench.openset import fewrel_relations, measure_openset
 
+    return measure_openset(first_trained_root(cfg), fewrel_relations(cfg.fewrel_file),
+                           device="cuda" if cfg.use_gpu else "cpu")
+
+
+def first_trained_root(cfg: BenchConfig) -> str:
+    """The first draw's fine-tuned run root (tkre's, else finetune_only's), which the quality
+    part makes, its no-relation threshold fitted on the dev set."""
     k, seed = cfg.draws()[0]
     roots = [storage.join(draw_root(cfg, k, seed), v) for v in ("tkre", "finetune_only")]
     root = next((r for r in roots if layout.finetune_done(r)), None)
     if root is None:
         raise FileNotFoundError(f"no fine-tuned model in {' or '.join(roots)}: the quality "
                                 "part makes it")
-    return measure_openset(root, fewrel_relations(cfg.fewrel_file),
-                           device="cuda" if cfg.use_gpu else "cpu")
+    return root

@@ -162,18 +162,10 @@ SPEED_SENTENCES = 500
 
 
 def model_root(cfg: Any) -> str:
-    """The first draw's fine-tuned run root (tkre's, else finetune_only's): the quality part
-    makes it, with its no-relation threshold fitted on the dev set."""
-    from tkre import layout, storage
-    from tkre.bench.quality import draw_root
+    """The model every text unit measures: the first draw's (`quality.first_trained_root`)."""
+    from tkre.bench.quality import first_trained_root
 
-    k, seed = cfg.draws()[0]
-    roots = [storage.join(draw_root(cfg, k, seed), v) for v in ("tkre", "finetune_only")]
-    root = next((r for r in roots if layout.finetune_done(r)), None)
-    if root is None:
-        raise FileNotFoundError(f"no fine-tuned model in {' or '.join(roots)}: the quality "
-                                "part makes it")
-    return root
+    return first_trained_root(cfg)
 
 
 def test_text(cfg: Any) -> dict[str, Any]:
