@@ -130,7 +130,10 @@ def measure_text_quality(extractor: Any, instances: Sequence[Instance], no_relat
 def extract_speed(model: str, texts: Sequence[str], ray_address: str | None = None
                   ) -> dict[str, dict[str, Any]]:
     """{"ours": the corpus job over `texts`, "plain": one `extract_text` call per text}, each
-    with documents/s and triples emitted (the same model folder)."""
+    with documents/s and triples emitted (the same model folder, on the CPU, with as many
+    torch threads: the job's one actor gets this process's thread count as its CPUs)."""
+    import torch
+
     from tkre.config import ExtractJobConfig
     from tkre.extract.batch import run_extract
     from tkre.extract.extractor import Extractor
@@ -141,6 +144,7 @@ def extract_speed(model: str, texts: Sequence[str], ray_address: str | None = No
         started = time.perf_counter()
         summary = run_extract(ExtractJobConfig(root=model, input=str(corpus),
                                                output=str(Path(folder) / "out"),
+                                               num_cpus=float(torch.get_num_threads()),
                                                ray_address=ray_address))
         job_s = time.perf_counter() - started
     ours = {"documents": len(texts), "wall_s": job_s, "documents_per_s": len(texts) / job_s,
@@ -168,7 +172,7 @@ def model_root(cfg: Any) -> str:
     return first_trained_root(cfg)
 
 
-def test_text(cfg: Any) -> dict[str, Any]:
+def test_set_quality(cfg: Any) -> dict[str, Any]:
     """The first draw's model on its own test set (SemEval's whole test set), as plain text."""
     from tkre.data.datasets import load_prepared
     from tkre.extract.extractor import Extractor
@@ -180,7 +184,7 @@ def test_text(cfg: Any) -> dict[str, Any]:
             **measure_text_quality(extractor, splits.test, splits.no_relation)}
 
 
-def fewrel_text(cfg: Any, sentences: int = FEWREL_SENTENCES, seed: int = 42) -> dict[str, Any]:
+def fewrel_quality(cfg: Any, sentences: int = FEWREL_SENTENCES, seed: int = 42) -> dict[str, Any]:
     """Pair recall and triples per sentence on a seeded sample of FewRel sentences (their
     relations are not the model's: no end-to-end figure)."""
     import random
@@ -215,7 +219,7 @@ def run_text(cfg: Any, guard: Any) -> dict[str, dict]:
     from tkre.bench.units import cached
 
     out = {}
-    for name, measure in (("test", test_text), ("fewrel", fewrel_text)):
+    for name, measure in (("test", test_set_quality), ("fewrel", fewrel_quality)):
         result = guard(f"text-{name}", lambda n=name, m=measure: cached(
             cfg, f"text-{n}", lambda: m(cfg)))
         if result is not None:
