@@ -7,10 +7,19 @@ relation label. Readers that see raw text with character offsets convert them on
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 SOURCES = ("gold", "llm")
+# a directed label, SemEval's "Cause-Effect(e2,e1)": the relation type and which argument is e1
+_DIRECTED = re.compile(r"^(?P<type>.+)\((?P<dir>e1,e2|e2,e1)\)$")
+
+
+def label_direction(label: str) -> tuple[str, str | None]:
+    """("Cause-Effect", "e2,e1") for "Cause-Effect(e2,e1)"; (label, None) when undirected."""
+    match = _DIRECTED.match(label)
+    return (match.group("type"), match.group("dir")) if match else (label, None)
 
 
 class DataError(ValueError):

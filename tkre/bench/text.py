@@ -28,7 +28,6 @@ Ray's start-up included in the job's time.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,18 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from tkre.pretrain.data import from_instance
-from tkre.schema import Instance
-
-_DIRECTED = re.compile(r"^(.*)\((e1,e2|e2,e1)\)$")
+from tkre.schema import Instance, label_direction
 
 
 def reversed_label(label: str) -> str | None:
     """The label of the same relation read from the other argument ("X(e1,e2)" <->
     "X(e2,e1)"), or None for an undirected label."""
-    match = _DIRECTED.match(label)
-    if not match:
+    kind, direction = label_direction(label)
+    if direction is None:
         return None
-    return f"{match.group(1)}({'e2,e1' if match.group(2) == 'e1,e2' else 'e1,e2'})"
+    return f"{kind}({'e2,e1' if direction == 'e1,e2' else 'e1,e2'})"
 
 
 def stands_for(start: int, end: int, gold: tuple[int, int]) -> bool:

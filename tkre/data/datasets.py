@@ -118,9 +118,9 @@ def _read_official(cfg: DataConfig, files: dict[str, Path]
     FewRel: (every instance, None, [], descriptions), split per relation by the caller."""
     if cfg.data == "semeval":
         train, test = readers.read_semeval(files["train"]), readers.read_semeval(files["test"])
-        labels = sorted({inst.relation for inst in train + test})
-        return train, None, test, {label: readers.semeval_description(label) for label in labels
-                                   if readers.semeval_description(label)}
+        described = {label: readers.semeval_description(label)
+                     for label in {inst.relation for inst in train + test}}
+        return train, None, test, {label: text for label, text in described.items() if text}
     if cfg.data == "tacred":
         return tuple(readers.read_tacred(files[name]) for name in SPLITS) + ({},)
     if cfg.data == "fewrel":

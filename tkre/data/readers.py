@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tkre.data.text import span_from_chars, tokenize_with_offsets
-from tkre.schema import DataError, Instance, Span
+from tkre.schema import DataError, Instance, Span, label_direction
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
@@ -262,11 +262,11 @@ SEMEVAL_RELATIONS = {
 
 def semeval_description(label: str) -> str:
     """The meaning of a SemEval label in head/tail terms ("" for Other or an unknown label)."""
-    match = re.fullmatch(r"([A-Za-z-]+)\((e1,e2|e2,e1)\)", label)
-    if not match or match.group(1) not in SEMEVAL_RELATIONS:
+    kind, direction = label_direction(label)
+    if direction is None or kind not in SEMEVAL_RELATIONS:
         return ""
-    first, second, gloss = SEMEVAL_RELATIONS[match.group(1)]
-    head, tail = (first, second) if match.group(2) == "e1,e2" else (second, first)
+    first, second, gloss = SEMEVAL_RELATIONS[kind]
+    head, tail = (first, second) if direction == "e1,e2" else (second, first)
     return f"{gloss}; the head entity is the {head} and the tail entity is the {tail}"
 
 

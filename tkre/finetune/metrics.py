@@ -9,9 +9,10 @@ example of it; the score is the mean of the nine per-type F1 values (Other exclu
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
+
+from tkre.schema import label_direction
 
 
 def _prf(correct: int, guessed: int, gold: int) -> dict[str, float]:
@@ -44,13 +45,9 @@ def per_relation(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]
     return out
 
 
-_DIRECTED = re.compile(r"^(?P<type>.+)\((?P<dir>e1,e2|e2,e1)\)$")
-
-
 def semeval_type(label: str) -> str:
     """'Cause-Effect(e2,e1)' -> 'Cause-Effect'; 'Other' stays 'Other'."""
-    match = _DIRECTED.match(label)
-    return match.group("type") if match else label
+    return label_direction(label)[0]
 
 
 def semeval_macro_f1(gold: Sequence[str], pred: Sequence[str], other: str = "Other") -> float:
