@@ -3,7 +3,13 @@ pair recall, end-to-end recall, triples per sentence and no-relation silence are
 
 from __future__ import annotations
 
-from tkre.bench.text import plain_texts, reversed_label, score_documents, stands_for
+from tkre.bench.text import (
+    plain_texts,
+    registration_examples,
+    reversed_label,
+    score_documents,
+    stands_for,
+)
 from tkre.schema import Instance, Span
 
 
@@ -64,3 +70,22 @@ def test_plain_texts_carry_the_gold_character_spans():
     [(text, head, tail)] = plain_texts([inst])
     assert text == "The burst caused a flood ."
     assert text[slice(*head)] == "burst" and text[slice(*tail)] == "flood"
+
+
+def test_registration_examples_stay_outside_the_measured_sentences():
+    def inst(i: int, relation: str) -> Instance:
+        return Instance(id=f"{relation}-{i}", tokens=("a", "b", "c"), head=Span(0, 1, "a"),
+                        tail=Span(2, 3, "c"), relation=relation)
+
+    relations = {name: [inst(i, name) for i in range(10)] for name in ("P17", "P31")}
+    held_out = relations["P17"][:6] + relations["P31"][3:4]
+    examples = registration_examples(relations, held_out, shots=5, seed=7)
+    assert sorted(examples) == ["P17", "P31"]
+    # P17 has 4 sentences left: all of them, none measured; P31 gets 5 of its 9
+    assert sorted(e.id for e in examples["P17"]) == [f"P17-{i}" for i in range(6, 10)]
+    assert len(examples["P31"]) == 5 and "P31-3" not in {e.id for e in examples["P31"]}
+    assert examples == registration_examples(relations, held_out, shots=5, seed=7)
+    # `fits` drops what the model cannot encode
+    fewer = registration_examples(relations, held_out, 5, 7,
+                                  fits=lambda e: e.id in {"P31-0", "P31-1"})
+    assert fewer["P17"] == [] and sorted(e.id for e in fewer["P31"]) == ["P31-0", "P31-1"]

@@ -66,7 +66,7 @@ def measure_openset(root: str, new: dict[str, list[Instance]], shots: Sequence[i
     base = Extractor.from_root(root, device)
     trained = sorted(name for name in new if base.is_trained(name))
     new = {name: rows for name, rows in new.items() if name not in trained}
-    fits = _fits(base)
+    fits = encodable(base)
     test = [inst for inst in load_prepared(root).test if fits(inst)]
     rng = random.Random(seed)
     drawn = {name: rng.sample(kept, min(len(kept), max(shots) + queries))
@@ -88,7 +88,7 @@ def measure_openset(root: str, new: dict[str, list[Instance]], shots: Sequence[i
             others = [inst for other, rows_ in held_out.items() if other != name
                       for inst in rows_[:10]]
             for k in shots:
-                extractor.register(name, [_wire(inst) for inst in pool[:k]])
+                extractor.register(name, [wire_example(inst) for inst in pool[:k]])
                 after = predicted(test)
                 own = predicted(held_out[name])
                 other = predicted(others)
@@ -118,7 +118,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _fits(extractor: Extractor):
+def encodable(extractor: Extractor):
     """Whether the model can encode an instance (entities within its max_length)."""
     def fits(inst: Instance) -> bool:
         try:
@@ -130,7 +130,7 @@ def _fits(extractor: Extractor):
     return fits
 
 
-def _wire(inst: Instance) -> dict:
+def wire_example(inst: Instance) -> dict:
     """An Instance as a wire-format example (tokens and token spans)."""
     def span(s) -> dict:
         return {"start": s.start, "end": s.end} | ({"type": s.type} if s.type else {})
