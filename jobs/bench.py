@@ -3,7 +3,7 @@
 Data: --data-dir / --fewrel-file, or $TKRE_DATA_DIR (its semeval2010_task8/ and fewrel/).
 Quick preset (a 2-core CPU, about 20 minutes; a machinery check, no verdicts):
     python jobs/bench.py --quick --root runs/bench-quick
-CPU preset (a 2-core CPU: SemEval K=8 on 3 draws, paired comparisons with intervals):
+CPU preset (a 2-core CPU: SemEval K=8 on 5 draws, paired comparisons with intervals):
     python jobs/bench.py --preset cpu --root runs/bench-cpu
 Full preset (a GPU node: K 8/16/32 x 5 seeds, roberta-large, a 7B generator on vLLM):
     python jobs/bench.py --root runs/bench-full

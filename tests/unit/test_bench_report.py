@@ -221,7 +221,7 @@ def test_presets_fill_unset_fields_and_flags_win():
 def test_the_cpu_preset_is_the_fair_comparison():
     cpu = BenchConfig(preset="cpu")
     assert cpu.preset == "cpu" and cpu.data == "semeval" and cpu.ks == "8"
-    assert sorted(int(s) for s in cpu.seeds.split(",")) == [13, 21, 42]
+    assert sorted(int(s) for s in cpu.seeds.split(",")) == [13, 21, 42, 87, 100]
     assert cpu.max_test is None and cpu.verdicts and cpu.baseline_floor == 0.45
     assert set(cpu.repeat_variants.split(",")) == {"finetune_only", "tkre"}
     assert cpu.variants_for(8, 42) == list(VARIANTS)  # every ablation on one draw
