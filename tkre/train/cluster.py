@@ -32,6 +32,10 @@ RAY_TOKEN_FILE = Path("~/.ray/auth_token")
 # a worker is logged whole at INFO (the fine-tuning's per-epoch times, growing each epoch).
 # Their workers keep those loggers' errors and warnings respectively.
 RAY_TRAIN_PG_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+# And Ray Train's workers print each line twice: its patched print() both prints (a Ray worker's
+# stdout is not sys.__stdout__) and logs the line to the root logger, which prints it again.
+# Unpatched, a worker's print() is one line on the driver, as a task's is.
+LOCAL_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def init_ray(address: str | None = None) -> None:
@@ -95,7 +99,8 @@ def start_local_cluster() -> None:
                  num_cpus=max(MIN_LOCAL_CPUS, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=True,
                  runtime_env={"worker_process_setup_hook":
-                              f"{__name__}.{quiet_local_workers.__name__}"})
+                              f"{__name__}.{quiet_local_workers.__name__}",
+                              "env_vars": LOCAL_WORKER_ENV})
 
 
 def quiet_local_workers() -> None:
