@@ -127,6 +127,12 @@ def test_ctrl_c_stops_training_and_the_rerun_resumes(tmp_path: Path):
     resumed = r"\[finetune\] resumed from the checkpoint at step [1-9]"
     assert re.search(resumed, rerun), rerun[-3000:]
     assert (root / "finetune" / "model").is_dir()
+    # each line a Ray Train worker prints reaches the job's output once (Ray Train's own print
+    # patch printed each twice); the rerun prints an epoch unless it resumed at the end (step 6:
+    # 3 epochs of 2 steps, 14 sentences at batch 8)
+    epochs = re.findall(r"\[finetune\] epoch \d+/3 .*", rerun)
+    assert len(epochs) == len(set(epochs)), rerun[-3000:]
+    assert epochs or re.search(r"resumed from the checkpoint at step 6\b", rerun), rerun[-3000:]
 
 
 def test_sigterm_stops_a_job_like_ctrl_c(tmp_path: Path):
