@@ -207,7 +207,8 @@ def fewrel_quality(cfg: Any, sentences: int = FEWREL_SENTENCES, seed: int = 42,
     """Pair recall, end-to-end recall and triples per sentence on a seeded sample of FewRel
     sentences. FewRel's relations are not the model's, so each is registered at run time from
     `shots` examples outside the sample, as a caller of the service would (in a temporary
-    registry: the root's own is untouched), and takes part beside the trained labels."""
+    registry: the root's own is untouched), and takes part beside the trained labels; a relation
+    the model was trained on (a name among its labels) is not registered, its label answers."""
     import random
 
     from tkre.bench.openset import encodable, fewrel_relations, wire_example
@@ -226,7 +227,8 @@ def fewrel_quality(cfg: Any, sentences: int = FEWREL_SENTENCES, seed: int = 42,
                               base.calibration, refresh_s=0, source=base.source,
                               types=base.types, no_relation_threshold=base.no_relation_threshold,
                               candidates=base.candidate_config, references=base.references)
-        examples = {name: rows for name, rows in examples.items() if rows}
+        examples = {name: rows for name, rows in examples.items()
+                    if rows and not base.is_trained(name)}
         for name, rows in examples.items():
             extractor.register(name, [wire_example(inst) for inst in rows])
         measured = measure_text_quality(extractor, drawn, base.meta.no_relation)
