@@ -117,21 +117,3 @@ def test_sigterm_is_exit_130_and_the_handler_is_restored(tmp_path, capsys):
     code, err = run_interrupted(tmp_path, capsys, main)
     assert code == 130 and err == INTERRUPTED + "\n"
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_local_workers_keep_ray_trains_warnings_and_errors_only():
-    import logging
-
-    from ray.train.v2._internal.execution import context
-
-    cleaner = logging.getLogger(cluster.RAY_TRAIN_PG_CLEANER)
-    reports = logging.getLogger(context.__file__)
-    before = cleaner.level, reports.level
-    try:
-        cluster.quiet_local_workers()
-        assert cleaner.getEffectiveLevel() == logging.ERROR
-        assert reports.getEffectiveLevel() == logging.WARNING
-        assert not reports.isEnabledFor(logging.INFO) and reports.isEnabledFor(logging.WARNING)
-    finally:
-        cleaner.setLevel(before[0])
-        reports.setLevel(before[1])

@@ -6,7 +6,6 @@ start Ray here; `shutdown_ray` is what an interrupted job calls on its way out.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import signal
@@ -25,16 +24,11 @@ MIN_LOCAL_CPUS = 4
 LOOPBACK = "127.0.0.1"
 # Where Ray looks for a token (besides RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
-# Two Ray Train loggers flood a job's own cluster: the placement-group cleaner asks the
-# dashboard's state API every few seconds whether the run's controller still lives, and a job's
-# own cluster runs no dashboard, so each ask logged a warning (125 lines in one 300-step stage of
-# the main job; the cluster ends with the job, placement groups included); and every report of
-# a worker is logged whole at INFO (the fine-tuning's per-epoch times, growing each epoch).
-# Their workers keep those loggers' errors and warnings respectively.
-RAY_TRAIN_PG_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-# And Ray Train's workers print each line twice: its patched print() both prints (a Ray worker's
+# Ray Train's workers print each line twice: its patched print() both prints (a Ray worker's
 # stdout is not sys.__stdout__) and logs the line to the root logger, which prints it again.
-# Unpatched, a worker's print() is one line on the driver, as a task's is.
+# Unpatched, a worker's print() is one line on the driver, as a task's is. Set in the driver's
+# environment, which the local cluster's workers inherit: a job-level runtime_env would route
+# every worker start through Ray's runtime-env agent.
 LOCAL_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
@@ -93,24 +87,13 @@ def start_local_cluster() -> None:
     if sys.platform.startswith("linux"):
         # torch's gloo (DDP on a CPU) listens on the address the host name resolves to
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    for name, value in LOCAL_WORKER_ENV.items():
+        os.environ.setdefault(name, value)
     private_auth_token()
     with loopback_node():
         ray.init(address="local", _node_ip_address=LOOPBACK,
                  num_cpus=max(MIN_LOCAL_CPUS, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook":
-                              f"{__name__}.{quiet_local_workers.__name__}",
-                              "env_vars": LOCAL_WORKER_ENV})
-
-
-def quiet_local_workers() -> None:
-    """Run in each worker of a job's own cluster (Ray's worker_process_setup_hook)."""
-    logging.getLogger(RAY_TRAIN_PG_CLEANER).setLevel(logging.ERROR)
-    try:  # that module names its logger after its file
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+                 log_to_driver=True)
 
 
 def private_auth_token() -> None:
