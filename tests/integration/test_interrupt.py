@@ -32,6 +32,13 @@ INTERRUPTED = "interrupted; re-run the same command to resume"
 STOP_WITHIN_S = 15.0
 
 
+def default_sigint() -> None:
+    """In the job's process before it starts: Ctrl-C's default action. A process started in the
+    background of a shell without job control (CI launched with `&`) inherits SIGINT ignored,
+    and a job started from a terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Job:
     """A job started like a user starts it: its own process group, output in a log file."""
 
@@ -40,7 +47,8 @@ class Job:
         with log_path.open("w") as log:
             self.process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, **(env or {})})
+                                            env={**os.environ, **(env or {})},
+                                            preexec_fn=default_sigint)
 
     @property
     def output(self) -> str:
