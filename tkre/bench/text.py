@@ -221,14 +221,14 @@ def fewrel_quality(cfg: Any, sentences: int = FEWREL_SENTENCES, seed: int = 42,
     sentences = min(sentences, cfg.max_test or sentences, len(pool))
     drawn = random.Random(seed).sample(pool, sentences)
     base = Extractor.from_root(root, "cuda" if cfg.use_gpu else "cpu")
-    examples = registration_examples(relations, drawn, shots, seed, encodable(base))
+    new = {name: rows for name, rows in relations.items() if not base.is_trained(name)}
+    examples = {name: rows for name, rows in
+                registration_examples(new, drawn, shots, seed, encodable(base)).items() if rows}
     with tempfile.TemporaryDirectory() as registry:
         extractor = Extractor(base.model, base.tokenizer, base.meta, registry,
                               base.calibration, refresh_s=0, source=base.source,
                               types=base.types, no_relation_threshold=base.no_relation_threshold,
                               candidates=base.candidate_config, references=base.references)
-        examples = {name: rows for name, rows in examples.items()
-                    if rows and not base.is_trained(name)}
         for name, rows in examples.items():
             extractor.register(name, [wire_example(inst) for inst in rows])
         measured = measure_text_quality(extractor, drawn, base.meta.no_relation)

@@ -24,12 +24,6 @@ MIN_LOCAL_CPUS = 4
 LOOPBACK = "127.0.0.1"
 # Where Ray looks for a token (besides RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
-# Ray Train's workers print each line twice: its patched print() both prints (a Ray worker's
-# stdout is not sys.__stdout__) and logs the line to the root logger, which prints it again.
-# Unpatched, a worker's print() is one line on the driver, as a task's is. Set in the driver's
-# environment, which the local cluster's workers inherit: a job-level runtime_env would route
-# every worker start through Ray's runtime-env agent.
-LOCAL_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def init_ray(address: str | None = None) -> None:
@@ -87,8 +81,10 @@ def start_local_cluster() -> None:
     if sys.platform.startswith("linux"):
         # torch's gloo (DDP on a CPU) listens on the address the host name resolves to
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    for name, value in LOCAL_WORKER_ENV.items():
-        os.environ.setdefault(name, value)
+    # Ray Train's patched print() both prints (a Ray worker's stdout is not sys.__stdout__) and
+    # logs to the root logger, which prints again: every worker line twice. The workers inherit
+    # this from the driver's environment; unpatched, a worker line is printed once.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     private_auth_token()
     with loopback_node():
         ray.init(address="local", _node_ip_address=LOOPBACK,
