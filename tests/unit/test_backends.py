@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_http_settings_from_config_or_environment(monkeypatch):
 def test_vllm_cpu_environment_uses_every_core_on_loopback():
     env = backends._vllm_env(GenerateConfig())
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_HOST_IP"] == "127.0.0.1"
+    # the model runs in the engine-core process, with every core's thread (not the actor's 1)
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert env["OMP_NUM_THREADS"] == str(os.cpu_count())
     assert backends._vllm_env(GenerateConfig(num_gpus=1)) == {}
 
 
@@ -170,6 +174,21 @@ def test_hf_prefills_each_distinct_prompt_once_and_answers_as_one_at_a_time(gene
                                                    skip_special_tokens=True))
     assert out["generated_text"] == expected and len(set(expected)) == 2
     assert out[backends.ID] == ["a", "b", "c"] and out["num_generated_tokens"] == [10, 6, 10]
+    # no prompt repeated: generate() prefills the padded batch, with the same answers
+    distinct = {key: value[:2] for key, value in batch.items()}
+    before = generator.prefilled_tokens
+    assert generator.shared_prefill(prompts[:2]) is None
+    assert generator(distinct)["generated_text"] == expected[:2]
+    assert generator.prefilled_tokens - before == sum(map(len, prompts[:2]))
+
+
+def test_vllm_rows_carry_the_prompt_tokens_hf_would_compute(generator, monkeypatch):
+    monkeypatch.setattr(backends, "resolve_model", lambda model: model)
+    items = [{backends.ID: "a", "messages": json.dumps([{"role": "user", "content": "Hi ."}])}]
+    cfg = GenerateConfig(model=str(generator.tokenizer.name_or_path))
+    [row] = backends.with_prompt_ids(cfg, items)
+    assert row["prompt_ids"] == generator.encode(items[0]["messages"])
+    assert row[backends.ID] == "a" and row["messages"] == items[0]["messages"]
 
 
 def test_a_json_row_stops_once_its_sample_object_is_complete(generator):

