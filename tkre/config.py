@@ -474,7 +474,8 @@ QUICK = {
     "finetune_epochs": 1, "finetune_batch_size": 8, "finetune_lr": 1e-4,
     "finetune_max_length": 128,
     "fewrel_episodes": 25, "fewrel_settings": "5x1,5x5,10x1,10x5",
-    "gen_speed_prompts": 8, "gen_speed_max_tokens": 32, "gen_speed_backends": "hf",
+    "gen_speed_prompts": 8, "gen_speed_max_tokens": 32, "gen_speed_per_relation": 1,
+    "gen_speed_backends": "hf",
     "pretrain_speed_steps": 8, "pretrain_speed_batch_size": 8, "scaling_workers": "1,2",
     "finetune_speed_epochs": 2,
     "serve_requests": 40, "serve_concurrency": "1,8,32",
@@ -508,7 +509,8 @@ CPU = {
     "finetune_epochs": 20, "finetune_batch_size": 8, "finetune_lr": 1e-4,
     "finetune_max_length": 128,
     "fewrel_episodes": 100, "fewrel_settings": "5x1,5x5,10x1,10x5",
-    "gen_speed_prompts": 18, "gen_speed_max_tokens": 64, "gen_speed_backends": "hf,vllm",
+    "gen_speed_prompts": 96, "gen_speed_max_tokens": 64, "gen_speed_per_relation": 8,
+    "gen_speed_backends": "hf,vllm",
     "pretrain_speed_steps": 20, "pretrain_speed_batch_size": 8, "scaling_workers": "1,2",
     "finetune_speed_epochs": 5,
     "serve_requests": 100, "serve_concurrency": "1,8,32",
@@ -532,7 +534,8 @@ FULL = {
     "finetune_epochs": 10, "finetune_batch_size": 4, "finetune_lr": 3e-5,
     "finetune_max_length": 512,
     "fewrel_episodes": 1000, "fewrel_settings": "5x1,5x5,10x1,10x5",
-    "gen_speed_prompts": 256, "gen_speed_max_tokens": 256, "gen_speed_backends": "hf,vllm",
+    "gen_speed_prompts": 256, "gen_speed_max_tokens": 256, "gen_speed_per_relation": 8,
+    "gen_speed_backends": "hf,vllm",
     "pretrain_speed_steps": 200, "pretrain_speed_batch_size": 16, "scaling_workers": "1,2",
     "finetune_speed_epochs": 3,
     "serve_requests": 1000, "serve_concurrency": "1,8,32",
@@ -615,6 +618,9 @@ class BenchConfig:
     gen_speed_prompts: int | None = _help("prompts in the generation speed comparison",
                                           default=None)
     gen_speed_max_tokens: int | None = _help("new tokens per prompt there", default=None)
+    gen_speed_per_relation: int | None = _help(
+        "requests per relation there, sharing its SCDG prompt as a round's requests do",
+        default=None)
     gen_speed_backends: str | None = _help("Ray Data backends compared (hf, vllm)",
                                            default=None)
     pretrain_speed_steps: int | None = _help("steps in the pre-training speed comparison",
@@ -671,7 +677,8 @@ class BenchConfig:
         _check(self.backend in ("hf", "vllm", "auto"), "backend", "must be hf, vllm or auto")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         for name in ("finetune_epochs", "pretrain_batch_size", "fewrel_episodes",
-                     "gen_speed_prompts", "pretrain_speed_steps", "serve_requests"):
+                     "gen_speed_prompts", "gen_speed_per_relation", "pretrain_speed_steps",
+                     "serve_requests"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
         _check(all(b in ("hf", "vllm") for b in self.gen_speed_backends.split(",")),
                "gen_speed_backends", "must be a comma-separated subset of hf,vllm")

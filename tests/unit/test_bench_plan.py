@@ -134,3 +134,14 @@ def test_no_scl_reuses_tkres_stage_1(tmp_path):
     assert layout.pretrain_done(target, "mslm") and not layout.pretrain_done(target, "scl")
     with pytest.raises(FileNotFoundError, match="not finished"):
         copy_stage(f"{draw_root(cfg, 8, 1)}/tkre", target, "scl")
+
+
+def test_generation_speed_requests_share_a_prompt_per_relation(tmp_path):
+    from tkre.bench.speed import speed_prompts
+
+    cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", ks="8", seeds="42",
+                      gen_speed_prompts=7, gen_speed_per_relation=3)
+    prompts = [str(p) for p in speed_prompts(cfg)]
+    # three requests per relation, as an SCDG round sends them, then the next relation
+    assert len(prompts) == 7 and prompts[0] == prompts[1] == prompts[2] != prompts[3]
+    assert prompts[3] == prompts[5] != prompts[6] and len(set(prompts)) == 3

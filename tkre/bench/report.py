@@ -421,9 +421,11 @@ def speed_markdown(report: dict) -> list[str]:
     if not rows:
         return []
     lines = ["## Speed (ours / baseline; above 1: ours is faster)", "",
-             f"Generation: {s['gen_speed_prompts']} SCDG prompts, {s['gen_speed_max_tokens']} "
-             f"new tokens, `{s['generator']}`. Pre-training: {s['pretrain_speed_steps']} steps "
-             f"of {s['pretrain_speed_batch_size']}, max length 128, `{s['encoder']}`. Serving: "
+             f"Generation: {s['gen_speed_prompts']} SCDG requests, "
+             f"{s.get('gen_speed_per_relation') or 1} per relation sharing its prompt, "
+             f"{s['gen_speed_max_tokens']} new tokens each, `{s['generator']}`. Pre-training: "
+             f"{s['pretrain_speed_steps']} steps of {s['pretrain_speed_batch_size']}, max "
+             f"length 128, `{s['encoder']}`. Serving: "
              f"{s['serve_requests']} requests per level, one item each. FLOP/s: batch "
              f"{s['flops_batch_size']} x {s['flops_seq_len']} tokens.", "",
              "| comparison | metric | ours | baseline | ratio | what |",

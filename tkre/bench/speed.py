@@ -39,8 +39,10 @@ STEP_WARMUP = 2  # untimed steps before the step throughput comparison (CUDA/all
 
 
 def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
-    """`gen_speed_prompts` SCDG prompts over the first draw's relations, in turn, each with
-    `demonstrations` real examples (as the knowledge stage sends them)."""
+    """`gen_speed_prompts` SCDG prompts of the first draw, as the knowledge stage sends them:
+    `gen_speed_per_relation` per relation, which share that relation's prompt (its schema and
+    `demonstrations` real examples; an SCDG round sends `oversample` x missing such requests
+    per relation, answers differing by sampling), relations in turn."""
     from tkre.data import datasets
     from tkre.knowledge.prompts import scdg_messages
     from tkre.schema import derive_schemas
@@ -50,7 +52,7 @@ def speed_prompts(cfg: BenchConfig) -> list[list[dict]]:
     relations = [r for r in schemas if r != splits.no_relation]
     prompts = []
     for index in range(cfg.gen_speed_prompts):
-        relation = relations[index % len(relations)]
+        relation = relations[index // cfg.gen_speed_per_relation % len(relations)]
         demos = [inst for inst in splits.train
                  if inst.relation == relation][:cfg.demonstrations]
         prompts.append(scdg_messages(schemas[relation], demos))
