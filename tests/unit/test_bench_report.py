@@ -57,6 +57,9 @@ def speed_units() -> dict:
         "speed-pretrain-step-original": {"samples_per_s": 9.0, "steady_samples_per_s": 10.0},
         "speed-finetune-ours": {"samples_per_s": 18.0, "outside_epochs_s": 25.0},
         "speed-finetune-plain": {"samples_per_s": 24.0},
+        "speed-pretrain-mslm-plain": {"samples_per_s": 10.0},
+        "speed-pretrain-scl-w1": {"samples_per_s": 6.0},
+        "speed-pretrain-scl-plain": {"samples_per_s": 5.0},
         "speed-serving": {
             "batched": [row | {"concurrency": c, "throughput_rps": 10.0 * c, "p50_ms": 5.0,
                                "p99_ms": 9.0} for c in (1, 8, 32)],
@@ -101,7 +104,8 @@ def test_speed_ratios_are_ours_over_baseline_with_both_figures():
     rows = aggregate_speed(speed_units())
     assert set(rows) == {"generation_hf", "generation_vllm", "pretraining", "pretraining_scaling",
                          "pretraining_step", "finetuning", "serving_c1", "serving_c8",
-                         "serving_c32", "flops"}
+                         "serving_c32", "flops", "pretraining_mslm_vs_plain",
+                         "pretraining_scl_vs_plain"}
     assert rows["generation_hf"]["ratio"] == pytest.approx(1.6)  # faster: above 1
     assert rows["generation_vllm"]["ratio"] == pytest.approx(0.5)  # slower: below 1
     assert rows["generation_hf"]["rows_per_s_ratio"] == pytest.approx(2.0)
@@ -110,6 +114,9 @@ def test_speed_ratios_are_ours_over_baseline_with_both_figures():
     # the step comparison sets our timed steps against the Trainer's steps after warm-up
     assert rows["pretraining_step"]["ratio"] == pytest.approx(3.0)
     assert rows["finetuning"]["ratio"] == pytest.approx(0.75)  # ours over the plain loop
+    # each pre-training stage's Ray Train loop over the same steps in a plain loop
+    assert rows["pretraining_mslm_vs_plain"]["ratio"] == pytest.approx(0.8)
+    assert rows["pretraining_scl_vs_plain"]["ratio"] == pytest.approx(1.2)
     assert rows["serving_c32"]["ratio"] == pytest.approx(32.0)
     assert rows["serving_c32"]["baseline"]["p99_ms"] == pytest.approx(288.0)
     assert rows["flops"]["ratio"] == pytest.approx(0.25)
@@ -123,6 +130,8 @@ def test_speed_rows_need_both_sides():
     rows = aggregate_speed(units)
     assert "generation_hf" not in rows and "pretraining_scaling" not in rows
     assert "pretraining" in rows
+    del units["speed-pretrain-scl-plain"]
+    assert "pretraining_scl_vs_plain" not in aggregate_speed(units)
 
 
 def test_written_report_has_the_required_keys_markdown_and_plots(tmp_path):

@@ -50,10 +50,19 @@ def test_step_throughput_is_repeatable_and_leaves_nothing_behind(encoder, exampl
     assert second["final_mslm_loss"] == pytest.approx(first["final_mslm_loss"], rel=1e-5)
 
 
-def test_step_throughput_needs_the_deepspeed_engine(encoder, examples, tmp_path: Path):
-    cfg = PretrainConfig(root=str(tmp_path), stage="mslm", encoder=encoder, strategy="ddp")
-    with pytest.raises(ValueError, match="^strategy"):
-        measure_step_throughput(cfg, encoder, examples, steps=1)
+def test_a_plain_loop_runs_either_stage_in_one_process(encoder, examples, tmp_path: Path):
+    """DDP's optimizer on the bare model, no Ray Train: the plain loop a stage is set beside."""
+    relations = tuple(sorted({ex.relation for ex in examples}))
+    for stage in ("mslm", "scl"):
+        cfg = PretrainConfig(root=str(tmp_path), stage=stage, encoder=encoder, strategy="ddp",
+                             batch_size=4, max_length=64)
+        out = measure_step_throughput(cfg, encoder, examples, steps=2, warmup=0, stage=stage,
+                                      relations=relations)
+        assert out["stage"] == stage and out["strategy"].startswith("plain loop")
+        assert out["samples_per_s"] > 0 and math.isfinite(out["final_mslm_loss"])
+        # stage 2's contrastive loss is there only in stage 2
+        assert (out["final_scl_loss"] is not None) == (stage == "scl")
+    assert not dist.is_initialized()
 
 
 def test_original_recipe_times_the_steps_after_warmup(encoder, examples):

@@ -202,6 +202,15 @@ def aggregate_speed(units: dict[str, dict]) -> dict:
             step, step_trainer, "samples_per_s", "our MSLM step in one process (DeepSpeed, "
             "per-batch padding, offsets) vs HF Trainer (padding to 128, per-item sub-token "
             "search), both after warm-up", baseline_metric="steady_samples_per_s")
+    for stage, name in (("mslm", "MSLM"), ("scl", "MSLM + SCL")):
+        ray_train = one if stage == "mslm" else units.get(f"speed-pretrain-{stage}-w1")
+        plain_loop = units.get(f"speed-pretrain-{stage}-plain")
+        if ray_train and plain_loop:
+            out[f"pretraining_{stage}_vs_plain"] = comparison(
+                ray_train, plain_loop, "samples_per_s", f"our {name} stage's loop on Ray Train "
+                "(1 worker) vs the same steps, texts, model and optimizer in a plain loop in "
+                "one process (no Ray), both from the first step; worker start-up and export "
+                "apart")
     two = units.get("speed-pretrain-w2")
     if one and two:
         out["pretraining_scaling"] = comparison(

@@ -5,8 +5,9 @@
   same new-token budget, all end to end (model loading included); each beside its FLOP limit
   on this machine (limit_s, fraction_of_limit);
 - pre-training: our MSLM stage on Ray Train (1 worker) against the released HF Trainer recipe
-  (padding to 128, per-item sub-token search), same texts, batch size and steps; and 2 workers
-  against 1 (same total cores);
+  (padding to 128, per-item sub-token search), same texts, batch size and steps; 2 workers
+  against 1 (same total cores); and each stage (MSLM, MSLM + SCL) on Ray Train against the
+  same steps in a plain loop in one process;
 - pre-training step: our MSLM step in one process (DeepSpeed engine, no Ray Train) against the
   same Trainer recipe, both timed after warm-up steps on the K-shot sentences: the step's own
   speed, on any device (a GPU machine without Ray too);
@@ -108,20 +109,52 @@ def _speed_root(cfg: BenchConfig, name: str) -> tuple[str, object]:
     return root, data
 
 
-def pretraining_ours(cfg: BenchConfig, workers: int) -> dict:
-    from tkre.pretrain.run import run_pretrain
-
-    root, data = _speed_root(cfg, f"pretrain-w{workers}")
-    result = run_pretrain(PretrainConfig(
-        root=root, data=data, train=train_config(cfg, workers), stage="mslm",
+def speed_pretrain_config(cfg: BenchConfig, root: str, data, stage: str,
+                          workers: int = 1) -> PretrainConfig:
+    """A pre-training stage at the speed comparison's size; stage 2 from the base encoder, so
+    its measurement needs no stage-1 run."""
+    return PretrainConfig(
+        root=root, data=data, train=train_config(cfg, workers), stage=stage,
         encoder=cfg.encoder, strategy=cfg.strategy, zero_stage=cfg.zero_stage,
         precision=cfg.precision, max_steps=cfg.pretrain_speed_steps,
         batch_size=cfg.pretrain_speed_batch_size, max_length=128,
-        checkpoint_every=max(50, cfg.pretrain_speed_steps)))["mslm"]
-    return {"workers": workers, "steps": result["steps"], "texts": result["texts"],
-            "samples_per_s": result["samples_per_s"], "tokens_per_s": result["tokens_per_s"],
-            "mfu": result["mfu"], "wall_s": result["wall_s"], "strategy": cfg.strategy,
+        checkpoint_every=max(50, cfg.pretrain_speed_steps), scl_init="encoder")
+
+
+def pretraining_ours(cfg: BenchConfig, workers: int, stage: str = "mslm") -> dict:
+    """A pre-training stage on Ray Train; samples/s over its training loop (the worker's start
+    and the export apart, in wall_s)."""
+    from tkre.pretrain.run import run_pretrain
+
+    name = f"pretrain-w{workers}" if stage == "mslm" else f"pretrain-{stage}-w{workers}"
+    root, data = _speed_root(cfg, name)
+    result = run_pretrain(speed_pretrain_config(cfg, root, data, stage, workers))[stage]
+    return {"stage": stage, "workers": workers, "steps": result["steps"],
+            "texts": result["texts"], "samples_per_s": result["samples_per_s"],
+            "tokens_per_s": result["tokens_per_s"], "mfu": result["mfu"],
+            "wall_s": result["wall_s"], "strategy": cfg.strategy,
             "precision": cfg.precision, "max_length": 128, "padding": "per batch"}
+
+
+def pretraining_plain(cfg: BenchConfig, stage: str) -> dict:
+    """The same stage's steps (texts, batches, model, loss, optimizer) in a plain loop: one
+    process, no Ray Train, timed from the first step as the Ray Train loop is."""
+    from tkre.data import datasets
+    from tkre.pretrain import data as stage_data
+    from tkre.pretrain.run import scl_relations
+    from tkre.pretrain.throughput import measure_step_throughput
+
+    root, data = _speed_root(cfg, "pretrain-w1" if stage == "mslm" else f"pretrain-{stage}-w1")
+    pretrain = speed_pretrain_config(cfg, root, data, stage)
+    splits = datasets.load_splits(data)
+    texts, counts = stage_data.stage_texts(stage, root, splits.train)
+    if stage == "mslm":  # stage 1 holds some explanations out, as run_stage does
+        texts, _ = stage_data.split_heldout(texts, stage_data.explanations(root),
+                                            pretrain.heldout_every)
+    relations = tuple(scl_relations(splits)) if stage == "scl" else ()
+    return measure_step_throughput(pretrain, resolve_model(cfg.encoder), texts,
+                                   cfg.pretrain_speed_steps, warmup=0, stage=stage,
+                                   relations=relations) | {"texts": counts}
 
 
 def pretraining_original(cfg: BenchConfig) -> dict:
@@ -273,6 +306,9 @@ def measurements(cfg: BenchConfig) -> dict:
         out["speed-pretrain-original"] = lambda: pretraining_original(cfg)
         for workers in int_list(cfg.scaling_workers):
             out[f"speed-pretrain-w{workers}"] = lambda w=workers: pretraining_ours(cfg, w)
+        out["speed-pretrain-mslm-plain"] = lambda: pretraining_plain(cfg, "mslm")
+        out["speed-pretrain-scl-w1"] = lambda: pretraining_ours(cfg, 1, "scl")
+        out["speed-pretrain-scl-plain"] = lambda: pretraining_plain(cfg, "scl")
     if "pretraining_step" in parts:
         out["speed-pretrain-step-original"] = lambda: pretraining_step_original(cfg)
         out["speed-pretrain-step-ours"] = lambda: pretraining_step_ours(cfg)

@@ -28,39 +28,42 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_step_throughput(cfg: PretrainConfig, encoder_dir: str,
-                            examples: list[TextExample], steps: int, warmup: int = 2) -> dict:
-    """Samples/s, tokens/s and MFU of `steps` MSLM steps after `warmup` untimed ones.
+                            examples: list[TextExample], steps: int, warmup: int = 2,
+                            stage: str = "mslm", relations: tuple[str, ...] = ()) -> dict:
+    """Samples/s, tokens/s and MFU of `steps` steps of `stage` (its model, its negatives) after
+    `warmup` untimed ones, with the config's strategy in one process: DeepSpeed's engine, or
+    for DDP the bare model with the same optimizer and schedule (a plain loop).
 
     Runs in a fresh (spawned) process: DeepSpeed's process group and its cached groups live and
     die there, so measurements can follow each other and the caller's process stays clean.
     """
-    if cfg.strategy != "deepspeed":
-        raise ValueError("strategy: the single-process measurement runs the DeepSpeed engine "
-                         f"(DDP needs a Ray Train worker), got {cfg.strategy!r}")
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(_measure, cfg, encoder_dir, examples, steps, warmup).result()
+        return pool.submit(_measure, cfg, encoder_dir, examples, steps, warmup, stage,
+                           tuple(relations)).result()
 
 
 def _measure(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample], steps: int,
-             warmup: int) -> dict:
+             warmup: int, stage: str, relations: tuple[str, ...]) -> dict:
     # a world of one on loopback, for DeepSpeed's own process group
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.manual_seed(cfg.train_seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    encoded = encode_texts(tokenizer, examples, cfg.max_length)
+    encoded = encode_texts(tokenizer, examples, cfg.max_length,
+                           {name: i for i, name in enumerate(relations)})
     schedule = Plan(len(encoded), cfg.batch_size, warmup + steps)
-    model = build_model(cfg, encoder_dir, 0)
+    model = build_model(cfg, encoder_dir, len(relations) if stage == "scl" else 0)
     settings = StrategySettings.of(cfg)
-    strategy = make_strategy(model, settings, 1, schedule.total_steps)
+    strategy = make_strategy(model, settings, 1, schedule.total_steps, ray_train=False)
+    negatives = cfg.negatives if stage == "scl" else 0
     meter = Meter(model, cfg, strategy.device, 1)
     for step in range(schedule.total_steps):
         if step == warmup:
             _sync(strategy.device)
             meter.reset()
         batch = rank_batch(cfg, tokenizer, encoded, schedule.batch(step, cfg.train_seed),
-                           step, negatives=0)
+                           step, negatives=negatives)
         meter.add(batch, train_step(strategy, batch))
     _sync(strategy.device)
     metrics = meter.flush(schedule.total_steps, strategy.lr)
@@ -69,7 +72,9 @@ def _measure(cfg: PretrainConfig, encoder_dir: str, examples: list[TextExample],
             "tokens_per_s": metrics["tokens_per_s"], "mfu": metrics["mfu"],
             "peak_flops": metrics["peak_flops_per_worker"], "peak_source": metrics["peak_source"],
             "final_mslm_loss": metrics["mslm_loss"], "device": str(strategy.device),
-            "strategy": f"deepspeed ZeRO-{cfg.zero_stage}",
+            "stage": stage, "final_scl_loss": metrics.get("scl_loss"),
+            "strategy": (f"deepspeed ZeRO-{cfg.zero_stage}" if cfg.strategy == "deepspeed"
+                         else "plain loop (torch AdamW, no DDP wrapper)"),
             "precision": resolved_precision(settings),
             "adamw": "torch, fused" if cfg.train.use_gpu else "torch",
             "max_length": cfg.max_length, "padding": "per batch",

@@ -122,13 +122,18 @@ class DDPStrategy:
     every_rank_saves = False
 
     def __init__(self, model: torch.nn.Module, cfg: StrategySettings, world: int,
-                 total_steps: int):
-        import ray.train.torch
-
+                 total_steps: int, ray_train: bool = True):
         self.module = model
         # wrap (and move) before the optimizer exists, so restored state lands on the device
-        self.model = ray.train.torch.prepare_model(model)
-        self.device = ray.train.torch.get_device()
+        if ray_train:
+            import ray.train.torch
+
+            self.model = ray.train.torch.prepare_model(model)
+            self.device = ray.train.torch.get_device()
+        else:  # one process outside Ray Train (the bench's plain loop): the bare module
+            self.device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available()
+                                       else "cpu")
+            self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(parameters(model, cfg.lr), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay, eps=cfg.eps,
                                            fused=cfg.use_gpu)
@@ -167,9 +172,13 @@ class DDPStrategy:
         return saved["loop"]
 
 
-def make_strategy(model: torch.nn.Module, cfg: StrategySettings, world: int, total_steps: int):
-    cls = DeepSpeedStrategy if cfg.strategy == "deepspeed" else DDPStrategy
-    return cls(model, cfg, world, total_steps)
+def make_strategy(model: torch.nn.Module, cfg: StrategySettings, world: int, total_steps: int,
+                  ray_train: bool = True):
+    """The strategy's engine; `ray_train` False: DDP's optimizer and schedule on the bare model
+    in one process without Ray Train (DeepSpeed brings its own process group either way)."""
+    if cfg.strategy == "deepspeed":
+        return DeepSpeedStrategy(model, cfg, world, total_steps)
+    return DDPStrategy(model, cfg, world, total_steps, ray_train=ray_train)
 
 
 def full_state_dict(folder: Path, strategy: str, zero_stage: int) -> dict[str, torch.Tensor]:
