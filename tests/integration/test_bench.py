@@ -62,6 +62,7 @@ def test_bench_end_to_end_on_demo(ray_cluster, tmp_path: Path):
         assert set(saved["quality"]["fewrel"][setting]) == {"plain", "pretrained"}
     assert set(saved["speed"]) == {"generation_hf", "generation_hf_vs_batch1",
                                    "generation_hf_flop_limit", "pretraining",
+                                   "pretraining_mslm_vs_plain", "pretraining_scl_vs_plain",
                                    "pretraining_step", "finetuning", "serving_c1",
                                    "serving_c4", "flops", "extract"}
     for row in saved["speed"].values():
