@@ -140,21 +140,15 @@ def pretraining_plain(cfg: BenchConfig, stage: str) -> dict:
     """The same stage's steps (texts, batches, model, loss, optimizer) in a plain loop: one
     process, no Ray Train, timed from the first step as the Ray Train loop is."""
     from tkre.data import datasets
-    from tkre.pretrain import data as stage_data
-    from tkre.pretrain.run import scl_relations
+    from tkre.pretrain.run import stage_inputs
     from tkre.pretrain.throughput import measure_step_throughput
 
     root, data = _speed_root(cfg, "pretrain-w1" if stage == "mslm" else f"pretrain-{stage}-w1")
     pretrain = speed_pretrain_config(cfg, root, data, stage)
-    splits = datasets.load_splits(data)
-    texts, counts = stage_data.stage_texts(stage, root, splits.train)
-    if stage == "mslm":  # stage 1 holds some explanations out, as run_stage does
-        texts, _ = stage_data.split_heldout(texts, stage_data.explanations(root),
-                                            pretrain.heldout_every)
-    relations = tuple(scl_relations(splits)) if stage == "scl" else ()
+    texts, counts, _, relations = stage_inputs(pretrain, stage, datasets.load_splits(data))
     return measure_step_throughput(pretrain, resolve_model(cfg.encoder), texts,
                                    cfg.pretrain_speed_steps, warmup=0, stage=stage,
-                                   relations=relations) | {"texts": counts}
+                                   relations=tuple(relations)) | {"texts": counts}
 
 
 def pretraining_original(cfg: BenchConfig) -> dict:

@@ -44,13 +44,10 @@ def scl_relations(splits: datasets.Splits) -> list[str]:
     return sorted(label for label in splits.labels if label != splits.no_relation)
 
 
-def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
-    started = time.perf_counter()
-    model_dir = layout.pretrain_model(cfg.root, stage)
-    if layout.pretrain_done(cfg.root, stage):
-        print(f"[{stage}] complete: {model_dir} exists; skipped", flush=True)
-        return storage.read_json(layout.pretrain_metrics(cfg.root, stage))
-    encoder = layout.pretrain_start(cfg.root, stage, cfg.encoder, cfg.scl_init)
+def stage_inputs(cfg: PretrainConfig, stage: str, splits: datasets.Splits
+                 ) -> tuple[list, dict[str, int], list, list[str]]:
+    """(training texts, count per source, held-out explanations, SCL relations) of a stage:
+    stage 1 holds every `heldout_every`-th explanation out, to measure its MSLM loss."""
     relations = scl_relations(splits) if stage == "scl" else []
     texts, counts = data.stage_texts(stage, cfg.root, splits.train, cfg.mslm_synthetic,
                                      cfg.use_explanations, cfg.use_synthetic)
@@ -59,6 +56,17 @@ def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
         texts, heldout = data.split_heldout(texts, data.explanations(cfg.root),
                                             cfg.heldout_every)
         counts["heldout_explanations"] = len(heldout)
+    return texts, counts, heldout, relations
+
+
+def run_stage(cfg: PretrainConfig, stage: str, splits: datasets.Splits) -> dict:
+    started = time.perf_counter()
+    model_dir = layout.pretrain_model(cfg.root, stage)
+    if layout.pretrain_done(cfg.root, stage):
+        print(f"[{stage}] complete: {model_dir} exists; skipped", flush=True)
+        return storage.read_json(layout.pretrain_metrics(cfg.root, stage))
+    encoder = layout.pretrain_start(cfg.root, stage, cfg.encoder, cfg.scl_init)
+    texts, counts, heldout, relations = stage_inputs(cfg, stage, splits)
     before = mslm_loss(cfg, _local(encoder), heldout) if heldout else None
     if len(texts) < cfg.train.num_workers:
         raise DataError(f"stage {stage} has {len(texts)} training texts ({counts}), fewer than "
