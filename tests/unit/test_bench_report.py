@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -263,6 +264,7 @@ def test_config_errors_name_the_field():
 
 
 def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
+    from tkre.bench.quality import unread
     from tkre.bench.run import run_bench
     from tkre.bench.units import unit_path
     from tkre.storage import write_json
@@ -270,7 +272,7 @@ def test_report_only_measures_nothing_and_lists_what_is_missing(tmp_path):
     cfg = BenchConfig(root=str(tmp_path), quick=True, data="demo", report_only=True,
                       seeds="1", extra_points="")
     unit = {"variant": "tkre", "k": 8, "seed": 1, "micro_f1": 0.5, "test_examples": 40}
-    write_json(unit_path(cfg, "demo-k8-s1-tkre"), unit)
+    write_json(unit_path(cfg, "demo-k8-s1-tkre", unread("tkre")), unit)
     report = run_bench(cfg)
     assert report["quality"]["demo"]["8"]["tkre"]["micro_f1_mean"] == 0.5
     assert "demo-k8-s1-finetune_only" in report["errors"]
@@ -300,6 +302,48 @@ def test_units_are_keyed_by_the_settings_that_measured_them(tmp_path):
     assert unit_path(base, name) == unit_path(same, name)
     assert draw_root(base, 8, 42) != draw_root(longer, 8, 42)
     assert draw_root(base, 8, 42) == draw_root(same, 8, 42)
+
+
+def test_the_baseline_is_keyed_without_the_settings_it_never_reads(tmp_path, monkeypatch):
+    """Other knowledge or pre-training settings re-measure TKRE and reuse the fine-tuning-only
+    baseline; the speed parts' sizes are read by no draw; and the baseline's fine-tuning really
+    is the same run under every setting its key leaves out."""
+    from tkre.bench import quality
+    from tkre.bench.units import KNOWLEDGE_AND_PRETRAINING, SPEED_AND_FEWREL, unit_path
+
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    assert set(KNOWLEDGE_AND_PRETRAINING + SPEED_AND_FEWREL) <= fields
+    base = BenchConfig(root=str(tmp_path), preset="cpu", data="demo")
+    other = BenchConfig(root=str(tmp_path), preset="cpu", data="demo", pretrain_steps=50,
+                        explanations_per_relation=8, backend="vllm", pretrain_lr=1e-4,
+                        precision="bf16", strategy="deepspeed", generator="other")
+    speed = BenchConfig(root=str(tmp_path), preset="cpu", data="demo", serve_requests=7,
+                        gen_speed_prompts=3, fewrel_episodes=9)
+    longer = BenchConfig(root=str(tmp_path), preset="cpu", data="demo", finetune_epochs=30)
+
+    def path(cfg, variant):
+        return unit_path(cfg, f"demo-k8-s42-{variant}", quality.unread(variant))
+
+    assert path(base, "finetune_only") == path(other, "finetune_only") == path(speed,
+                                                                               "finetune_only")
+    assert quality.variant_root(base, 8, 42, "finetune_only") == quality.variant_root(
+        other, 8, 42, "finetune_only")
+    assert path(base, "tkre") != path(other, "tkre")
+    assert path(base, "tkre") == path(speed, "tkre")
+    assert quality.draw_root(base, 8, 42) == quality.draw_root(speed, 8, 42)
+    assert path(base, "finetune_only") != path(longer, "finetune_only")
+
+    calls = []
+
+    def stop(root, data, stages, **sections):
+        calls.append((data, stages, sections))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "run_stages", stop)
+    for cfg in (base, other):
+        with pytest.raises(KeyboardInterrupt):
+            quality.run_variant(cfg, "finetune_only", 8, 42, str(tmp_path / "no-knowledge"))
+    assert calls[0] == calls[1]
 
 
 def test_generation_rows_set_each_backend_beside_batch1_and_its_flop_limit():

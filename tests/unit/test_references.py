@@ -205,14 +205,14 @@ def test_openset_measure_and_report(tiny_encoder: Path, tmp_path: Path):
 
 def test_the_bench_measures_fewrel_relations_on_the_first_draws_model(tiny_encoder: Path,
                                                                       tmp_path: Path):
-    from tkre.bench.quality import data_config, draw_root, fewrel_openset
+    from tkre.bench.quality import data_config, fewrel_openset, variant_root
     from tkre.config import BenchConfig
 
     cfg = BenchConfig(root=str(tmp_path / "bench"), quick=True, data="demo", ks="4", seeds="1",
                       extra_points="", fewrel_file=str(tmp_path / "fewrel.json"))
     with pytest.raises(FileNotFoundError, match="quality part"):
         fewrel_openset(cfg)
-    root = make_model_root(Path(draw_root(cfg, 4, 1)) / "finetune_only", tiny_encoder)
+    root = make_model_root(Path(variant_root(cfg, 4, 1, "finetune_only")), tiny_encoder)
     splits = datasets.prepare(data_config(cfg, 4, 1), str(root))
     storage.write_json(layout.finetune_metrics(str(root)), {})  # the stage's completion mark
     # FewRel's format; one relation of the model's own labels, which is not measured

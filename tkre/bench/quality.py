@@ -30,7 +30,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tkre import layout, storage
-from tkre.bench.units import cached, settings_key
+from tkre.bench.units import (
+    KNOWLEDGE_AND_PRETRAINING,
+    SPEED_AND_FEWREL,
+    cached,
+    settings_key,
+    unit_path,
+)
 from tkre.config import BenchConfig, DataConfig, PipelineConfig, TrainConfig
 from tkre.data import datasets
 
@@ -52,10 +58,25 @@ WITHOUT_SYNTHETIC = ("finetune_only", "no_scdg")
 Guard = Callable[[str, Callable[[], Any]], Any]
 
 
-def draw_root(cfg: BenchConfig, k: int, seed: int) -> str:
-    """A draw's run roots, per settings hash: a stage finished under other settings is never
-    taken for this run's."""
-    return layout.bench_run(cfg.root, cfg.data, f"k{k}-s{seed}-{settings_key(cfg)}")
+def unread(variant: str | None = None) -> tuple[str, ...]:
+    """The settings a draw's measurement never reads: the speed parts' sizes, and for the
+    fine-tuning-only baseline also everything about knowledge and pre-training (so trying
+    other pre-training settings on a root re-measures the method, not the baseline)."""
+    if variant == "finetune_only":
+        return SPEED_AND_FEWREL + KNOWLEDGE_AND_PRETRAINING
+    return SPEED_AND_FEWREL
+
+
+def draw_root(cfg: BenchConfig, k: int, seed: int, variant: str | None = None) -> str:
+    """A draw's run roots, per hash of the settings they read: a stage finished under other
+    settings is never taken for this run's."""
+    key = settings_key(cfg, unread(variant))
+    return layout.bench_run(cfg.root, cfg.data, f"k{k}-s{seed}-{key}")
+
+
+def variant_root(cfg: BenchConfig, k: int, seed: int, variant: str) -> str:
+    """The run root a variant of a draw fine-tunes in (and pre-trains in, if it owns that)."""
+    return storage.join(draw_root(cfg, k, seed, variant), variant)
 
 
 def run_stages(root: str, data: DataConfig, stages: tuple[str, ...], **sections: dict) -> dict:
@@ -92,7 +113,8 @@ def knowledge_root(cfg: BenchConfig, k: int, seed: int) -> tuple[str, DataConfig
     """Where a draw's knowledge is generated, and the K-shot draw it is generated from."""
     if cfg.share_knowledge:
         first_k, first_seed = cfg.draws()[0]
-        return (layout.bench_run(cfg.root, cfg.data, f"knowledge-shared-{settings_key(cfg)}"),
+        key = settings_key(cfg, unread())
+        return (layout.bench_run(cfg.root, cfg.data, f"knowledge-shared-{key}"),
                 data_config(cfg, first_k, first_seed))
     return storage.join(draw_root(cfg, k, seed), "knowledge-gen"), data_config(cfg, k, seed)
 
@@ -139,7 +161,7 @@ def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: 
     """Every stage the variants owned by `owner` need, in its root; skips finished stages."""
     from tkre.pretrain.data import stage_texts
 
-    root, data = storage.join(draw_root(cfg, k, seed), owner), data_config(cfg, k, seed)
+    root, data = variant_root(cfg, k, seed, owner), data_config(cfg, k, seed)
     splits = datasets.prepare(data, root)
     copy_knowledge(knowledge, root)
     stages = sorted({s for v in cfg.variant_list if PRETRAINING[v] and PRETRAINING[v][0] == owner
@@ -149,7 +171,7 @@ def run_pretraining(cfg: BenchConfig, owner: str, k: int, seed: int, knowledge: 
     notes, out = [], {}
     source = SHARES_STAGE_1.get(owner)
     if source and "mslm" in stages:
-        copy_stage(storage.join(draw_root(cfg, k, seed), source), root, "mslm")
+        copy_stage(variant_root(cfg, k, seed, source), root, "mslm")
         notes.append(f"stage 1 copied from {source} (the same settings)")
     if "mslm" in stages:
         texts, counts = stage_texts("mslm", root, splits.train,
@@ -187,7 +209,7 @@ def finetune_encoder(cfg: BenchConfig, variant: str, k: int, seed: int) -> str:
         return cfg.encoder
     owner, stages, _ = plan
     source = (k, seed) if not cfg.share_pretraining else cfg.draws()[0]
-    root = storage.join(draw_root(cfg, *source), owner)
+    root = variant_root(cfg, *source, owner)
     for stage in reversed(stages):
         if layout.pretrain_done(root, stage):
             return layout.pretrain_model(root, stage)
@@ -196,7 +218,7 @@ def finetune_encoder(cfg: BenchConfig, variant: str, k: int, seed: int) -> str:
 
 def run_variant(cfg: BenchConfig, variant: str, k: int, seed: int, knowledge: str) -> dict:
     """Fine-tune and evaluate one variant of one draw: its unit record."""
-    root, data = storage.join(draw_root(cfg, k, seed), variant), data_config(cfg, k, seed)
+    root, data = variant_root(cfg, k, seed, variant), data_config(cfg, k, seed)
     use_synthetic = variant not in WITHOUT_SYNTHETIC
     if use_synthetic:
         copy_knowledge(knowledge, root)
@@ -259,7 +281,7 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         for owner in sorted(owners, key=lambda o: (o in SHARES_STAGE_1, o)):
             name = f"pretrain-{cfg.data}-k{k}-s{seed}-{owner}"
             guard(name, lambda o=owner, n=name: cached(
-                cfg, n, lambda: run_pretraining(cfg, o, k, seed, knowledge)))
+                cfg, n, lambda: run_pretraining(cfg, o, k, seed, knowledge), unread()))
     units, measured = [], {}
     for variant in variants:
         name = f"{cfg.data}-k{k}-s{seed}-{variant}"
@@ -271,7 +293,7 @@ def run_draw(cfg: BenchConfig, k: int, seed: int, guard: Guard) -> list[dict]:
         else:
             def measure(v=variant):
                 return run_variant(cfg, v, k, seed, knowledge)
-        unit = guard(name, lambda n=name, m=measure: cached(cfg, n, m))
+        unit = guard(name, lambda n=name, m=measure, v=variant: cached(cfg, n, m, unread(v)))
         if unit is not None:
             measured[variant] = unit
             units.append(unit | {"knowledge": summary,
@@ -290,13 +312,11 @@ def variant_notes(cfg: BenchConfig, unit: dict, k: int, seed: int) -> list[str]:
 
 def pretraining_notes(cfg: BenchConfig, variant: str, k: int, seed: int) -> list[str]:
     """What the variant's pre-training had to leave out (e.g. stage 1 without texts)."""
-    from tkre.bench.units import unit_path
-
     if PRETRAINING[variant] is None:
         return []
     source = cfg.draws()[0] if cfg.share_pretraining else (k, seed)
     path = unit_path(cfg, f"pretrain-{cfg.data}-k{source[0]}-s{source[1]}-"
-                               f"{PRETRAINING[variant][0]}")
+                               f"{PRETRAINING[variant][0]}", unread())
     return storage.read_json(path).get("notes", []) if storage.exists(path) else []
 
 
@@ -318,7 +338,7 @@ def fewrel_encoders(cfg: BenchConfig) -> dict[str, str]:
     from tkre.resources import resolve_model
 
     k, seed = cfg.draws()[0]
-    tkre_root = storage.join(draw_root(cfg, k, seed), "tkre")
+    tkre_root = variant_root(cfg, k, seed, "tkre")
     out = {"plain": resolve_model(cfg.encoder)}
     if layout.pretrain_done(tkre_root, "scl"):
         out["pretrained"] = layout.pretrain_model(tkre_root, "scl")
@@ -401,7 +421,7 @@ def first_trained_root(cfg: BenchConfig) -> str:
     """The first draw's fine-tuned run root (tkre's, else finetune_only's), which the quality
     part makes, its no-relation threshold fitted on the dev set."""
     k, seed = cfg.draws()[0]
-    roots = [storage.join(draw_root(cfg, k, seed), v) for v in ("tkre", "finetune_only")]
+    roots = [variant_root(cfg, k, seed, v) for v in ("tkre", "finetune_only")]
     root = next((r for r in roots if layout.finetune_done(r)), None)
     if root is None:
         raise FileNotFoundError(f"no fine-tuned model in {' or '.join(roots)}: the quality "

@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from tkre import layout, storage
+from tkre import layout
 from tkre.bench.quality import (
     copy_knowledge,
     data_config,
-    draw_root,
     ensure_knowledge,
     train_config,
+    variant_root,
 )
 from tkre.bench.units import settings_key
 from tkre.config import BenchConfig, FinetuneConfig, GenerateConfig, PretrainConfig, int_list
@@ -232,7 +232,7 @@ def finetuning_plain(cfg: BenchConfig) -> dict:
 def serving_root(cfg: BenchConfig) -> str:
     k, seed = cfg.draws()[0]
     for variant in ("tkre", "finetune_only", *cfg.variant_list):
-        root = storage.join(draw_root(cfg, k, seed), variant)
+        root = variant_root(cfg, k, seed, variant)
         if layout.finetune_done(root):
             return root
     raise FileNotFoundError("serving needs a fine-tuned model: run the quality part first")

@@ -26,26 +26,47 @@ NOT_MEASURED = ("root", "report_only", "parts", "variants", "ks", "seeds", "extr
                 "repeat_variants", "preset", "quick", "verdicts", "baseline_floor")
 
 
-def settings_key(cfg: BenchConfig) -> str:
+# fields only the knowledge and pre-training stages read (the fine-tuning-only baseline reads
+# none of them), and fields only the speed and FewRel parts read (no SemEval draw reads them)
+KNOWLEDGE_AND_PRETRAINING = (
+    "generator", "backend", "num_gpus", "share_knowledge", "share_pretraining",
+    "explanations_per_relation", "synthetic_per_relation", "oversample", "max_rounds",
+    "max_tokens_explanation", "max_tokens_sample", "demonstrations", "generation_batch_size",
+    "pretrain_steps", "pretrain_batch_size", "pretrain_max_length", "pretrain_lr", "strategy",
+    "zero_stage", "precision")
+SPEED_AND_FEWREL = (
+    "fewrel_file", "fewrel_episodes", "fewrel_settings", "gen_speed_prompts",
+    "gen_speed_max_tokens", "gen_speed_per_relation", "gen_speed_backends",
+    "pretrain_speed_steps", "pretrain_speed_batch_size", "scaling_workers",
+    "finetune_speed_epochs", "serve_requests", "serve_concurrency", "flops_batch_size",
+    "flops_seq_len")
+
+
+def settings_key(cfg: BenchConfig, unread: tuple[str, ...] = ()) -> str:
     """A hash of the settings a measurement depends on: a re-run with other sizes, models or
-    data measures again (in fresh run roots) instead of reusing another setting's numbers."""
-    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_MEASURED}
+    data measures again (in fresh run roots) instead of reusing another setting's numbers.
+    `unread`: fields this measurement provably never reads (a change of pre-training steps
+    re-measures TKRE, not the fine-tuning-only baseline); a field named nowhere counts."""
+    values = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in NOT_MEASURED and k not in unread}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()
                           ).hexdigest()[:10]
 
 
-def unit_path(cfg: BenchConfig, name: str) -> str:
-    return layout.bench_unit(cfg.root, f"{name}-{settings_key(cfg)}")
+def unit_path(cfg: BenchConfig, name: str, unread: tuple[str, ...] = ()) -> str:
+    return layout.bench_unit(cfg.root, f"{name}-{settings_key(cfg, unread)}")
 
 
 class NotMeasured(RuntimeError):
     """A report-only run met a unit that has no stored result."""
 
 
-def cached(cfg: BenchConfig, name: str, measure: Callable[[], dict]) -> dict:
-    """The unit's stored result for these settings, or measure it now and store it (written
-    only on success); a report-only run measures nothing."""
-    path = unit_path(cfg, name)
+def cached(cfg: BenchConfig, name: str, measure: Callable[[], dict],
+           unread: tuple[str, ...] = ()) -> dict:
+    """The unit's stored result for these settings (less `unread`, see `settings_key`), or
+    measure it now and store it (written only on success); a report-only run measures
+    nothing."""
+    path = unit_path(cfg, name, unread)
     if storage.exists(path):
         print(f"[bench] {name}: reused {path}", flush=True)
         return storage.read_json(path)
