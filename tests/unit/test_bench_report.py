@@ -315,7 +315,7 @@ def test_the_baseline_is_keyed_without_the_settings_it_never_reads(tmp_path, mon
     assert set(KNOWLEDGE_AND_PRETRAINING + SPEED_AND_FEWREL) <= fields
     base = BenchConfig(root=str(tmp_path), preset="cpu", data="demo")
     other = BenchConfig(root=str(tmp_path), preset="cpu", data="demo", pretrain_steps=50,
-                        explanations_per_relation=8, backend="vllm", pretrain_lr=1e-4,
+                        explanations_per_relation=2, backend="vllm", pretrain_lr=1e-4,
                         precision="bf16", strategy="deepspeed", generator="other")
     speed = BenchConfig(root=str(tmp_path), preset="cpu", data="demo", serve_requests=7,
                         gen_speed_prompts=3, fewrel_episodes=9)
