@@ -369,10 +369,10 @@ class PipelineConfig:
     # The embedded default (tkre/configs/default.yaml says the same, and why): the bench's cpu
     # preset's settings with half its pre-training, so that the job fits in 15 minutes on an idle
     # 2-core CPU. An explanation of every K-shot sentence (8 per relation at K=8, as the preset
-    # asks) and no synthetic sentences (the bundled
-    # 135M generator's pass its checks ~1 in 10 and are mostly off-relation text, which cost the
-    # method its gain on SemEval); 150 pre-training steps per stage at batch 8 under DDP (DeepSpeed
-    # ZeRO on one CPU worker partitions nothing and ran 1.3x slower); 20 fine-tuning passes.
+    # asks) and no synthetic sentences (the bundled 135M generator's pass its checks ~1 in 10 and
+    # are mostly off-relation text, which cost the method its gain on SemEval); 150 pre-training
+    # steps per stage at batch 8 under DDP (DeepSpeed ZeRO on one CPU worker partitions nothing and
+    # ran 1.3x slower); 20 fine-tuning passes.
     generate: dict = _help("GenerateConfig fields (YAML only)", default_factory=lambda: {
         "explanations_per_relation": 8, "synthetic_per_relation": 0})
     pretrain: dict = _help("PretrainConfig fields (YAML only)", default_factory=lambda: {
