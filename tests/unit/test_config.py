@@ -25,6 +25,17 @@ def test_defaults_are_the_embedded_default():
     assert cfg.data.k == 8 and cfg.data.seed == 42 and cfg.train.num_workers == 1
 
 
+def test_the_default_preset_file_is_the_no_argument_run():
+    # the embedded default lives in PipelineConfig and is written out in tkre/configs/default.yaml
+    # (`--config default`); each stage must get the same config from both
+    plain = parse_args(PipelineConfig, [])
+    preset = parse_args(PipelineConfig, ["--config", "default"])
+    assert plain.data == preset.data and plain.stage_list == preset.stage_list
+    for section, cls in [("generate", GenerateConfig), ("pretrain", PretrainConfig),
+                         ("finetune", FinetuneConfig), ("evaluate", EvaluateConfig)]:
+        assert plain.stage_config(section, cls) == preset.stage_config(section, cls), section
+
+
 @pytest.mark.parametrize("cls", [FinetuneConfig, EvaluateConfig, PretrainConfig, GenerateConfig,
                                  PipelineConfig])
 def test_local_roots_become_absolute_and_s3_roots_stay(cls, tmp_path, monkeypatch):
